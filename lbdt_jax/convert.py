@@ -180,12 +180,9 @@ def infer_lbdt_stages(state_dict: Mapping[str, np.ndarray]) -> tuple[int, ...]:
   return tuple(sorted({int(m.group(1)) for k in state_dict if (m := re.match(r'transformer\.stage(\d)\.', k))}))
 
 
-def abstract_variables(config: LBDTConfig, height: int = 64, width: int = 64, words: int = 4):
+def abstract_variables(config: LBDTConfig):
   """Shapes and dtypes of the model's variables, without allocating them."""
-  frame = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
-  text = jax.ShapeDtypeStruct((1, words, config.word_dim), jnp.float32)
-  mask = jax.ShapeDtypeStruct((1, words), jnp.int32)
-  return jax.eval_shape(LBDT(config).init, jax.random.key(0), frame, frame, text, mask)
+  return jax.eval_shape(LBDT(config).init, jax.random.key(0), *_example_inputs(config))
 
 
 def _get(tree, path: Path):
@@ -321,3 +318,30 @@ def load_converted(directory: str):
   with ocp.StandardCheckpointer() as checkpointer:
     variables = checkpointer.restore(os.path.join(directory, 'variables'), target)
   return config, variables
+
+
+def is_torchvision_resnet(state_dict: Mapping) -> bool:
+  return 'layer1.0.conv1.weight' in strip_wrappers(state_dict)
+
+
+def convert_checkpoint(checkpoint: str, output_dir: str, config) -> LBDTConfig:
+  """`--mode=convert`: an official LBDT checkpoint, or torchvision ImageNet weights (loaded into both encoders of
+  a freshly initialised model from `config`), written with `save_converted`."""
+  state_dict = load_state_dict(checkpoint)
+  model_config = LBDTConfig.from_dict(config.model.to_dict())
+  if is_torchvision_resnet(state_dict):
+    variables = jax.jit(LBDT(model_config).init)(
+        jax.random.key(config.seed), *(jnp.zeros(s.shape, s.dtype) for s in _example_inputs(model_config)))
+    variables = load_imagenet_backbone(variables, state_dict, model_config)
+  else:
+    model_config, variables = convert_official(state_dict, model_config)
+  save_converted(output_dir, model_config, variables)
+  print(f'Converted {checkpoint} -> {os.path.abspath(output_dir)} '
+        f'(LBDT-{model_config.num_lbdt_layers}, stages {model_config.lbdt_stages})')
+  return model_config
+
+
+def _example_inputs(config: LBDTConfig):
+  frame = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  return (frame, frame, jax.ShapeDtypeStruct((1, 4, config.word_dim), jnp.float32),
+          jax.ShapeDtypeStruct((1, 4), jnp.int32))

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from lbdt_jax.models.config import LBDTConfig
-from lbdt_jax.models.layers import Conv, ConvBN, Dense, aligned_bilinear
+from lbdt_jax.models.layers import Conv, ConvBN, Dense, aligned_bilinear, stats_dtype
 
 
 class BilateralChannelActivation(nn.Module):
@@ -20,13 +20,15 @@ class BilateralChannelActivation(nn.Module):
   def __call__(self, decoded, sentence, *, train: bool):
     cfg = self.config
     dtype = cfg.compute_dtype
-    dense = lambda name: Dense(cfg.decoder_dim, dtype=dtype, name=name)
+    # The gates scale whole channels, so their rounding error would not average out: they are tiny matmuls and
+    # run in at least float32.
+    dense = lambda name: Dense(cfg.decoder_dim, dtype=stats_dtype(dtype), name=name)
     pooled = {name: x.mean(axis=(1, 2)) for name, x in decoded.items()}
     gates = {name: [] for name in decoded}
     if cfg.language_denoiser:
       for name in decoded:  # Eq. 10: s_r = sigmoid(Linear([s; r]))
         gates[name].append(jax.nn.sigmoid(dense(f'{name}_denoiser')(
-            jnp.concatenate([pooled[name], sentence.astype(dtype)], axis=-1))))
+            jnp.concatenate([pooled[name], sentence], axis=-1))))
     if cfg.consistency_activator and len(decoded) == 2:
       # Eq. 11: f = ReLU(Linear([s; t])); eq. 12: f_s, f_t = sigmoid(Linear(f)).
       consistent = nn.relu(dense('consistency')(

@@ -15,7 +15,7 @@ kaiming_fan_out = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
 def stats_dtype(dtype) -> jnp.dtype:
-  """Normalisation statistics and softmaxes run in at least float32."""
+  """Normalisations, softmaxes, the LSTM and residual streams run in at least float32 (bfloat16 policy)."""
   return jnp.promote_types(dtype, jnp.float32)
 
 
@@ -37,8 +37,8 @@ def Dense(features: int, *, dtype: Any, name: str | None = None, kernel_init=tor
 
 
 def LayerNorm(*, dtype: Any, name: str | None = None) -> nn.LayerNorm:
-  """torch.nn.LayerNorm: eps 1e-5, two-pass variance."""
-  return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype, param_dtype=jnp.float32,
+  """torch.nn.LayerNorm: eps 1e-5, two-pass variance; output in at least float32 (the residual stream)."""
+  return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=stats_dtype(dtype), param_dtype=jnp.float32,
                       name=name)
 
 
@@ -48,6 +48,8 @@ class BatchNorm(nn.Module):
   Flax's BatchNorm updates the running variance with the biased batch variance; PyTorch uses the unbiased one
   (normalisation uses the biased one in both). Keeping PyTorch's rule makes converted checkpoints train on
   identically. Under `jax.jit` with a batch sharded over devices the statistics cover the global batch.
+  The output stays in at least float32: with bfloat16 compute, the residual streams between convolutions keep
+  float32 precision while the convolutions themselves run in bfloat16.
   """
   momentum: float = 0.1  # PyTorch convention: new = (1 - momentum) * old + momentum * batch
   epsilon: float = 1e-5
@@ -76,7 +78,7 @@ class BatchNorm(nn.Module):
     else:
       mean, var = running_mean.value.astype(compute), running_var.value.astype(compute)
     y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale.astype(compute)) + bias.astype(compute)
-    return y.astype(self.dtype)
+    return y
 
 
 class ConvBN(nn.Module):

@@ -42,4 +42,4 @@ class TextEncoder(nn.Module):
 
     zeros = jnp.zeros((words.shape[0], hidden), compute)
     _, outputs = jax.lax.scan(step, (zeros, zeros), jnp.swapaxes(gate_inputs, 0, 1))
-    return jnp.swapaxes(outputs, 0, 1).astype(self.dtype)
+    return jnp.swapaxes(outputs, 0, 1)

@@ -194,7 +194,7 @@ def run_case(case_dir: str, *, x64: bool = False, inject_positional_encodings: b
         continue
       value = ours[base.replace('_f32', '')]
     elif base.startswith('grad/'):
-      value = convert.to_torch_layout(rules, grads, base[len('grad/'):])
+      value = convert.to_torch_layout(rules, {'params': grads}, base[len('grad/'):])
     elif base.startswith(('bn_after/', 'bn_before/')):
       if base.endswith('.num_batches_tracked'):
         report['skipped'][key] = 'Flax BatchNorm keeps no step counter'

@@ -1,0 +1,13 @@
+"""The smallest LBDT that exercises every part of the model: for tests."""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config('lbdt1')
+  config.model.update(resnet_depth=50, resnet_width=8, resnet_blocks=(1, 1, 1, 1), model_dim=32,
+                      num_heads=4, ffn_dim=32, decoder_dim=16)
+  config.input_height = config.input_width = 64
+  config.max_words = 6
+  config.demo.update(batch_size=2, steps=3, learning_rate=1e-3)
+  return config

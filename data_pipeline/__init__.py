@@ -1,0 +1,1 @@
+"""Data for lbdt-jax: numpy batches with the keys frame, frame_difference, words, word_mask, mask."""

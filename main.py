@@ -1,0 +1,32 @@
+"""lbdt-jax command line: flags -> config -> one library call.
+
+  python main.py --config=configs/synthetic.py --workdir=workdir/demo            # --mode=demo (default)
+  python main.py --config=configs/default.py --mode=convert --checkpoint=a2d_lbdt4.ckpt --workdir=models/lbdt4
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from lbdt_jax import convert, demo
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', 'configs/default.py', 'Configuration file (configs/*.py[:arg]).')
+flags.DEFINE_string('workdir', None, 'Directory for outputs.', required=True)
+flags.DEFINE_enum('mode', 'demo', ['demo', 'convert'], 'What to do.')
+flags.DEFINE_string('checkpoint', None, '--mode=convert: an official LBDT state dict or a torchvision ResNet '
+                    '(.pth/.ckpt/.npz); written as an orbax checkpoint to WORKDIR.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.mode == 'demo':
+    demo.run_demo(FLAGS.config, FLAGS.workdir)
+  elif FLAGS.mode == 'convert':
+    if not FLAGS.checkpoint:
+      raise app.UsageError('--mode=convert needs --checkpoint')
+    convert.convert_checkpoint(FLAGS.checkpoint, FLAGS.workdir, FLAGS.config)
+
+
+if __name__ == '__main__':
+  app.run(main)
