@@ -22,7 +22,12 @@ WEIGHT_RULE = 'lbdt-ref-init-v1'
 TOLERANCE_X64_INJECTED = 1e-9
 TOLERANCE_X64 = 1e-6
 TOLERANCE_F32_LOGITS = 1e-4
-TOLERANCE_F32_TRAIN = 1e-3
+TOLERANCE_F32_LOSS = 1e-3
+# Float32 gradients of the deep layers are ill-conditioned on the train fixture (train-mode BatchNorm over 32 values
+# per channel at stage 5): the official PyTorch model's own float32 gradients differ from its float64 ones by up to
+# 1.48e-2 there (conv1 4.5e-3, LSTM 7.4e-3, stage-5 attention 1.48e-2; measured with torch 2.13 on CPU), so 1e-3
+# is out of float32's reach. Gradients are held to that measured float32 level; float64 runs check them to 1e-9.
+TOLERANCE_F32_GRADIENTS = 2e-2
 TOLERANCE_BF16_LOGITS = 2e-2
 FLOAT32_OUTPUTS = ('pred_f32', 'loss_f32')  # from the reference's float32 run
 
@@ -227,8 +232,8 @@ def tolerances(errors: dict, mode: str, dtype: str, injected: bool) -> dict:
   logit_tolerance = TOLERANCE_BF16_LOGITS if dtype == 'bfloat16' else TOLERANCE_F32_LOGITS
   checked = {key: logit_tolerance for key in errors if key in ('pred', 'pred_f32')}
   if mode == 'train' and dtype == 'float32':
-    checked |= {key: TOLERANCE_F32_TRAIN for key in errors
-                if key in ('loss', 'bce', 'dice', 'loss_f32') or key.startswith('grad/')}
+    checked |= {key: TOLERANCE_F32_LOSS for key in errors if key in ('loss', 'bce', 'dice', 'loss_f32')}
+    checked |= {key: TOLERANCE_F32_GRADIENTS for key in errors if key.startswith('grad/')}
   return checked
 
 

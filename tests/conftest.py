@@ -1,0 +1,44 @@
+"""Shared helpers: the tiny config and the reference fixtures (copied from shared/reference)."""
+
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / 'tests' / 'fixtures' / 'reference'
+
+
+def tiny_model_config(**overrides):
+  from configs import tiny
+  from lbdt_jax.models import LBDTConfig
+  return LBDTConfig.from_dict({**tiny.get_config().model.to_dict(), **overrides})
+
+
+def random_inputs(config, batch=2, height=64, width=64, words=6, seed=0, lengths=None):
+  rng = np.random.default_rng(seed)
+  frame = rng.standard_normal((batch, height, width, 3)).astype(np.float32)
+  difference = np.abs(rng.standard_normal((batch, height, width, 3))).astype(np.float32)
+  lengths = lengths or [words] + [max(1, words // 2)] * (batch - 1)
+  mask = (np.arange(words)[None] < np.array(lengths)[:, None]).astype(np.int32)
+  text = rng.standard_normal((batch, words, config.word_dim)).astype(np.float32) * mask[..., None]
+  return frame, difference, text, mask
+
+
+@pytest.fixture
+def tiny_config():
+  return tiny_model_config()
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _isolated_cwd_env():
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  yield
+
+
+def init_model(config, inputs, seed=0):
+  from lbdt_jax.models import LBDT
+  model = LBDT(config)
+  return model, model.init(jax.random.key(seed), *inputs)

@@ -1,0 +1,201 @@
+"""Model behaviour: parameter counts, gradients, ablation switches, input sizes, padding-only sentences."""
+
+import dataclasses
+import json
+import re
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REFERENCE, init_model, random_inputs, tiny_model_config
+from lbdt_jax.convert import abstract_variables
+from lbdt_jax.models import LBDT, LBDTConfig
+
+
+def reference_used_parameter_count(num_layers):
+  """Parameters the official forward pass uses: its state dict less buffers, the unused spa_tower, tem_tower and
+  mask_head, and transformer layers beyond `num_layers`."""
+  manifest = json.loads((REFERENCE / 'case_lbdt4_eval' / 'manifest.json').read_text())
+  total = 0
+  for entry in manifest['entries']:
+    name = entry['name']
+    if re.search(r'running_mean|running_var|num_batches_tracked', name):
+      continue
+    if re.match(r'decoder\.(spa_tower|tem_tower|mask_head)\.', name):
+      continue
+    layer = re.match(r'transformer\.stage\d\.layers\.(\d+)\.', name)
+    if layer and int(layer.group(1)) >= num_layers:
+      continue
+    total += int(np.prod(entry['shape']))
+  return total
+
+
+@pytest.mark.parametrize('num_layers', [1, 4])
+def test_parameter_count_equals_reference(num_layers):
+  params = abstract_variables(LBDTConfig(num_lbdt_layers=num_layers))['params']
+  ours = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  assert ours == reference_used_parameter_count(num_layers)
+
+
+def loss_and_grads(config, inputs, seed=0):
+  model, variables = init_model(config, inputs, seed)
+
+  def loss(params):
+    logits, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, *inputs, train=True,
+                            rngs={'dropout': jax.random.key(1)}, mutable=['batch_stats'])
+    return jnp.mean(jax.nn.softplus(-logits) * (logits > 0) + logits**2)
+
+  return jax.grad(loss)(variables['params'])
+
+
+@pytest.mark.parametrize('overrides', [{}, {'share_direction_weights': False}, {'bridge': 'direct'},
+                                       {'temporal_encoder': False}])
+def test_gradient_reaches_every_parameter_in_train_mode(overrides):
+  config = tiny_model_config(**overrides)
+  grads = loss_and_grads(config, random_inputs(config))
+  dead = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(grads)
+          if not np.any(np.asarray(g) != 0)]
+  assert not dead
+
+
+SWITCHES = {
+    'no T->L->S (Tab. 5)': {'transfer_temporal_to_spatial': False},
+    'no S->L->T (Tab. 5)': {'transfer_spatial_to_temporal': False},
+    'no language denoiser (Tab. 5)': {'language_denoiser': False},
+    'no consistency activator (Tab. 5)': {'consistency_activator': False},
+    'direct bridge (Tab. 5 row 1)': {'bridge': 'direct'},
+    'stages 3-5 (Tab. 7)': {'lbdt_stages': (3, 4, 5)},
+    'stage 5 only (Tab. 7)': {'lbdt_stages': (5,)},
+    'two layers': {'num_lbdt_layers': 2},
+    'separate weights per direction (paper form)': {'share_direction_weights': False},
+    'single stream': {'temporal_encoder': False},
+    'no LBDT': {'lbdt_stages': ()},
+}
+
+
+@pytest.mark.parametrize('name', SWITCHES)
+def test_each_switch_changes_the_computation(name):
+  base = tiny_model_config()
+  inputs = random_inputs(base)
+  model, variables = init_model(base, inputs)
+  reference = model.apply(variables, *inputs)
+  variant = dataclasses.replace(base, **SWITCHES[name])
+  variant_model, variant_variables = init_model(variant, inputs)
+  output = variant_model.apply(variant_variables, *inputs)
+  assert output.shape == reference.shape and np.all(np.isfinite(output))
+  params_a = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(variables)}
+  params_b = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(variant_variables)}
+  assert params_a != params_b or not np.allclose(output, reference)
+
+
+def test_switches_that_keep_parameters_change_outputs_with_the_same_parameters():
+  """Same variables, different computation: a direction off must change the result."""
+  base = tiny_model_config()
+  inputs = random_inputs(base)
+  model, variables = init_model(base, inputs)
+  reference = model.apply(variables, *inputs)
+  for overrides in ({'transfer_temporal_to_spatial': False}, {'transfer_spatial_to_temporal': False},
+                    {'language_denoiser': False}, {'consistency_activator': False}, {'num_lbdt_layers': 0,
+                                                                                         'lbdt_stages': ()}):
+    variant = LBDT(dataclasses.replace(base, **overrides))
+    params = variant.init(jax.random.key(0), *inputs)
+    # Copy every variable the variant has from the default model.
+    copied = jax.tree_util.tree_map_with_path(
+        lambda path, x: _lookup(variables, path), params)
+    assert not np.allclose(variant.apply(copied, *inputs), reference), overrides
+
+
+def _lookup(tree, path):
+  for key in path:
+    tree = tree[key.key]
+  return tree
+
+
+def test_dropout_is_active_in_training_and_off_in_eval(tiny_config):
+  inputs = random_inputs(tiny_config)
+  model, variables = init_model(tiny_config, inputs)
+  run = lambda key: model.apply(variables, *inputs, train=True, rngs={'dropout': key}, mutable=['batch_stats'])[0]
+  assert not np.allclose(run(jax.random.key(1)), run(jax.random.key(2)))
+  np.testing.assert_array_equal(run(jax.random.key(1)), run(jax.random.key(1)))
+  np.testing.assert_array_equal(model.apply(variables, *inputs), model.apply(variables, *inputs))
+
+
+def test_non_square_inputs_and_no_retrace_for_repeated_shapes(tiny_config):
+  model, variables = init_model(tiny_config, random_inputs(tiny_config))
+
+  @jax.jit
+  @chex.assert_max_traces(n=2)
+  def apply(variables, *inputs):
+    return model.apply(variables, *inputs)
+
+  for height, width in ((64, 96), (64, 96), (96, 32), (96, 32), (64, 96)):
+    inputs = random_inputs(tiny_config, height=height, width=width)
+    assert apply(variables, *inputs).shape == (2, height, width)
+
+
+@pytest.mark.parametrize('height, width', [(64, 80), (50, 64)])
+def test_sizes_that_are_not_multiples_of_32_are_rejected(tiny_config, height, width):
+  model, variables = init_model(tiny_config, random_inputs(tiny_config))
+  with pytest.raises(ValueError, match='multiples of 32'):
+    model.apply(variables, *random_inputs(tiny_config, height=height, width=width))
+
+
+def test_wrong_shapes_are_rejected_with_names(tiny_config):
+  frame, difference, words, mask = random_inputs(tiny_config)
+  model, variables = init_model(tiny_config, (frame, difference, words, mask))
+  with pytest.raises(ValueError, match='word_mask'):
+    model.apply(variables, frame, difference, words, mask[:, :3])
+  with pytest.raises(ValueError, match='words must be'):
+    model.apply(variables, frame, difference, words[..., :10], mask)
+  with pytest.raises(ValueError, match='frame_difference'):
+    model.apply(variables, frame, difference[:, :32], words, mask)
+
+
+def test_sentence_of_padding_only_is_finite_and_attends_to_all_positions(tiny_config):
+  """The reference gives NaN here; we define it as attending to all N positions."""
+  frame, difference, words, mask = random_inputs(tiny_config)
+  model, variables = init_model(tiny_config, (frame, difference, words, mask))
+  empty = mask.copy()
+  empty[1] = 0
+  out = model.apply(variables, frame, difference, words, empty)
+  assert np.all(np.isfinite(out))
+  everything = mask.copy()
+  everything[1] = 1
+  np.testing.assert_allclose(out[1], model.apply(variables, frame, difference, words, everything)[1], atol=1e-6)
+  np.testing.assert_allclose(out[0], model.apply(variables, frame, difference, words, mask)[0], atol=1e-6)
+
+
+def test_bfloat16_computes_in_bfloat16_with_float32_parameters(tiny_config):
+  config = dataclasses.replace(tiny_config, dtype='bfloat16')
+  inputs = random_inputs(config)
+  model, variables = init_model(config, inputs)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
+  hlo = jax.jit(model.apply).lower(variables, *inputs).as_text()
+  assert 'bf16' in hlo
+  out32 = LBDT(tiny_config).apply(variables, *inputs)
+  out16 = model.apply(variables, *inputs)
+  assert np.linalg.norm(out16 - out32) / np.linalg.norm(out32) < 5e-2
+
+
+@pytest.mark.parametrize('bad, message', [
+    ({'resnet_depth': 42}, 'resnet_depth'), ({'lbdt_stages': (1, 4)}, 'lbdt_stages'),
+    ({'bridge': 'words'}, 'bridge'), ({'num_heads': 5}, 'num_heads'), ({'dtype': 'float16'}, 'dtype'),
+    ({'transfer_temporal_to_spatial': False, 'transfer_spatial_to_temporal': False}, 'both transfer'),
+    ({'dropout_rate': 1.5}, 'dropout_rate'),
+])
+def test_bad_config_values_are_named(bad, message):
+  with pytest.raises(ValueError, match=message):
+    LBDTConfig(**bad)
+  with pytest.raises(ValueError, match='Unknown model config keys'):
+    LBDTConfig.from_dict({'layers': 3})
+
+
+@pytest.mark.parametrize('depth', [18, 34, 101])
+def test_other_resnet_depths_build(depth):
+  params = abstract_variables(LBDTConfig(resnet_depth=depth))['params']['spatial_encoder']
+  expected_blocks = {18: 2, 34: 3, 101: 3}[depth]
+  assert len([k for k in params if k.startswith('layer1_')]) == expected_blocks
+  assert len([k for k in params if k.startswith('layer3_')]) == {18: 2, 34: 6, 101: 23}[depth]
