@@ -73,3 +73,24 @@ def test_tool_reports_missing_files(tmp_path):
   result = subprocess.run([sys.executable, '-m', 'lbdt_jax.tools.check_reference', str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0 and 'manifest.json' in result.stderr
+
+
+def test_tool_handles_a_batch_of_one(tmp_path):
+  """A B=1 case (the reference squeezes pred to [H, W]) derived from sample 0 of the eval case."""
+  import numpy as np
+  import shutil
+  case = tmp_path / 'case_b1'
+  case.mkdir()
+  manifest = json.loads((REFERENCE / 'case_lbdt4_eval' / 'manifest.json').read_text())
+  manifest['model']['batch'] = 1
+  (case / 'manifest.json').write_text(json.dumps(manifest))
+  with np.load(REFERENCE / 'case_lbdt4_eval' / 'inputs.npz') as data:
+    np.savez(case / 'inputs.npz', **{k: data[k][:1] for k in data.files})
+  with np.load(REFERENCE / 'case_lbdt4_eval' / 'outputs.npz') as data:
+    outputs = {k: (data[k] if k.startswith('pos_') else data[k][:1]) for k in data.files
+               if not k.endswith('__stats')}
+  outputs['pred'] = outputs['pred'][0]
+  np.savez(case / 'outputs.npz', **outputs)
+  report = run_tool(case, '--x64', '--inject-positional-encodings', tmp_path=tmp_path)
+  assert report['passed'] and report['max'] <= 1e-9 and 'pred' in report['tensors']
+  shutil.rmtree(case)

@@ -71,6 +71,8 @@ def reference_activation_paths() -> dict[str, tuple[str, ...]]:
 
 def relative_error(ours, reference) -> float:
   ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+  if ours.shape != reference.shape and np.squeeze(ours).shape == np.squeeze(reference).shape:
+    ours = ours.reshape(reference.shape)  # the reference squeezes (pred at B=1) or keeps (sent) singleton axes
   if ours.shape != reference.shape:
     raise ValueError(f'shape {ours.shape} != reference {reference.shape}')
   norm = np.linalg.norm(reference)
@@ -182,7 +184,6 @@ def run_case(case_dir: str, *, x64: bool = False, inject_positional_encodings: b
       node = node.get(key, {}) if isinstance(node, dict) else {}
     if node:
       ours[name] = to_reference_layout(node[0])
-  ours['sent'] = ours['sent'][:, None, :]  # the reference keeps the summed axis
   ours['pos_txt'] = encodings['words'] if encodings else sinusoid_1d(*outputs['pos_txt'].shape)
   for stage in config.lbdt_stages:
     size = outputs[f'pos_img_stage{stage}'].shape
