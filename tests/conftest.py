@@ -1,6 +1,5 @@
 """Shared helpers: the tiny config and the reference fixtures (copied from shared/reference)."""
 
-import os
 import pathlib
 
 import jax
@@ -30,12 +29,6 @@ def random_inputs(config, batch=2, height=64, width=64, words=6, seed=0, lengths
 @pytest.fixture
 def tiny_config():
   return tiny_model_config()
-
-
-@pytest.fixture(scope='session', autouse=True)
-def _isolated_cwd_env():
-  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-  yield
 
 
 def init_model(config, inputs, seed=0):

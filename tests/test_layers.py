@@ -77,16 +77,15 @@ def test_conv_padding_matches_pytorch_on_even_and_odd_sizes(size, kernel, stride
 
 @pytest.mark.parametrize('size', [8, 9])
 def test_max_pool_pads_with_minus_infinity(size):
-  from lbdt_jax.models.resnet import ResNetEncoder
+  """The stage-2 max-pool of the encoders: PyTorch pads with -inf, so all-negative inputs stay negative."""
+  import flax.linen as nn
   x = -np.abs(np.random.default_rng(0).standard_normal((1, size, size, 1))).astype(np.float32) - 1
   pooled = jax.lax.reduce_window(jnp.asarray(x), -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
                                  ((0, 0), (1, 1), (1, 1), (0, 0)))
-  import flax.linen as nn
   ours = nn.max_pool(jnp.asarray(x), (3, 3), (2, 2), padding=((1, 1), (1, 1)))
   np.testing.assert_array_equal(ours, pooled)
   assert ours.shape[1] == (size + 2 - 3) // 2 + 1
   assert float(ours.max()) < 0  # zero padding would have produced 0
-  del ResNetEncoder
 
 
 def test_attention_ignores_masked_keys_and_matches_softmax_formula():
