@@ -70,8 +70,12 @@ def run_demo(config, workdir: str) -> dict:
                                                 jax.random.fold_in(dropout_key, index))
     losses.append(float(loss))
     done = index + 1
-    eta = (time.time() - start) / done * (config.demo.steps - done)
-    print(f'\rstep {done}/{config.demo.steps}  loss {losses[-1]:.4f}  ETA {eta:.0f}s', end='', flush=True)
+    if done == 1:  # the first step includes compilation; the ETA counts from the second
+      compiled_at = time.time()
+      print(f'compiled the train step in {compiled_at - start:.1f}s')
+    eta = (f'{(time.time() - compiled_at) / (done - 1) * (config.demo.steps - done):.0f}s' if done > 1
+           else '?')
+    print(f'\rstep {done}/{config.demo.steps}  loss {losses[-1]:.4f}  ETA {eta}', end='', flush=True)
   print()
   after = pixel_scores(predict(params, batch_stats), batch['mask'])
   summary = {'logits_shape': list(logits.shape), 'parameters': parameter_count(params),
