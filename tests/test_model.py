@@ -78,40 +78,26 @@ SWITCHES = {
 
 @pytest.mark.parametrize('name', SWITCHES)
 def test_each_switch_changes_the_computation(name):
+  """The variant reuses every default variable it shares (same path and shape), so a different output comes
+  from a different computation, not merely from other weights."""
   base = tiny_model_config()
   inputs = random_inputs(base)
   model, variables = init_model(base, inputs)
   reference = model.apply(variables, *inputs)
-  variant = dataclasses.replace(base, **SWITCHES[name])
-  variant_model, variant_variables = init_model(variant, inputs)
-  output = variant_model.apply(variant_variables, *inputs)
+  variant = LBDT(dataclasses.replace(base, **SWITCHES[name]))
+  own = variant.init(jax.random.key(1), *inputs)
+  shared = jax.tree_util.tree_map_with_path(lambda path, x: _shared_or(variables, path, x), own)
+  output = variant.apply(shared, *inputs)
   assert output.shape == reference.shape and np.all(np.isfinite(output))
-  params_a = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(variables)}
-  params_b = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(variant_variables)}
-  assert params_a != params_b or not np.allclose(output, reference)
+  assert not np.allclose(output, reference, atol=1e-5)
 
 
-def test_switches_that_keep_parameters_change_outputs_with_the_same_parameters():
-  """Same variables, different computation: a direction off must change the result."""
-  base = tiny_model_config()
-  inputs = random_inputs(base)
-  model, variables = init_model(base, inputs)
-  reference = model.apply(variables, *inputs)
-  for overrides in ({'transfer_temporal_to_spatial': False}, {'transfer_spatial_to_temporal': False},
-                    {'language_denoiser': False}, {'consistency_activator': False}, {'num_lbdt_layers': 0,
-                                                                                         'lbdt_stages': ()}):
-    variant = LBDT(dataclasses.replace(base, **overrides))
-    params = variant.init(jax.random.key(0), *inputs)
-    # Copy every variable the variant has from the default model.
-    copied = jax.tree_util.tree_map_with_path(
-        lambda path, x: _lookup(variables, path), params)
-    assert not np.allclose(variant.apply(copied, *inputs), reference), overrides
-
-
-def _lookup(tree, path):
+def _shared_or(tree, path, fallback):
   for key in path:
+    if not isinstance(tree, dict) or key.key not in tree:
+      return fallback
     tree = tree[key.key]
-  return tree
+  return tree if tree.shape == fallback.shape else fallback
 
 
 def test_dropout_is_active_in_training_and_off_in_eval(tiny_config):
