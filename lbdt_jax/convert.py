@@ -314,9 +314,8 @@ def load_converted(directory: str):
     raise FileNotFoundError(f'{directory} is not a converted model: model_config.json is missing')
   with open(config_path) as f:
     config = LBDTConfig.from_dict(json.load(f))
-  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), abstract_variables(config))
   with ocp.StandardCheckpointer() as checkpointer:
-    variables = checkpointer.restore(os.path.join(directory, 'variables'), target)
+    variables = checkpointer.restore(os.path.join(directory, 'variables'), abstract_variables(config))
   return config, variables
 
 

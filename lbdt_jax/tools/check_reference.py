@@ -137,8 +137,8 @@ def run_case(case_dir: str, *, x64: bool = False, inject_positional_encodings: b
                      'whole frames; partial image masks have no counterpart')
   dtype = dtype or ('float64' if x64 else 'float32')
   state_dict = regenerate_state_dict(manifest)
-  # The fixture's train cases run with every dropout at p=0.
   config, variables = convert.convert_official(state_dict)
+  # The fixture's train cases run with every dropout at p=0.
   config = dataclasses.replace(config, dtype=dtype, dropout_rate=0.0)
   expected_layers = manifest['model'].get('num_lbdt_layers', config.num_lbdt_layers)
   if config.num_lbdt_layers != expected_layers:
@@ -205,9 +205,7 @@ def run_case(case_dir: str, *, x64: bool = False, inject_positional_encodings: b
       if base.endswith('.num_batches_tracked'):
         report['skipped'][key] = 'Flax BatchNorm keeps no step counter'
         continue
-      tree = state['batch_stats'] if base.startswith('bn_after/') else variables
-      if base.startswith('bn_after/'):
-        tree = {'batch_stats': tree}
+      tree = {'batch_stats': state['batch_stats']} if base.startswith('bn_after/') else variables
       value = convert.to_torch_layout(rules, tree, base.split('/', 1)[1])
     elif base in ours:
       value = ours[base]
