@@ -6,7 +6,7 @@ Importing this package registers `a2d_sentences`, `jhmdb_sentences`, `ref_youtub
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow start-up chatter off, warnings kept
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow start-up chatter off, warnings kept
 
 import tensorflow as tf  # noqa: E402
 

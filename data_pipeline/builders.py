@@ -79,12 +79,7 @@ class _RVOSBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return self.READER(root, delta=self.builder_config.delta)
 
   def _source_root(self, dl_manager) -> str:
-    if dl_manager.manual_dir is None or not os.path.isdir(dl_manager.manual_dir):
-      raise readers.DataError(
-          f'{self.name}: pass the release directory as download_config=tfds.download.DownloadConfig('
-          f'manual_dir=...) (python main.py --mode=prepare --config.data.manual_dir=...); '
-          f'{dl_manager.manual_dir} does not exist. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
-    return os.fspath(dl_manager.manual_dir)
+    return os.fspath(dl_manager.manual_dir)  # tfds checks it exists and shows the instructions if not
 
   def _split_generators(self, dl_manager):
     reader = self.reader(self._source_root(dl_manager))
@@ -148,8 +143,10 @@ class SyntheticRvos(_RVOSBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = 'Nothing to download: the videos are generated (a manual_dir is used if given).'
 
   def _source_root(self, dl_manager):
-    if dl_manager.manual_dir is not None and os.path.isdir(dl_manager.manual_dir):
+    try:
       return os.fspath(dl_manager.manual_dir)
+    except AssertionError:  # tfds' way of saying "no manual_dir": generate the videos
+      pass
     generator_config = synthetic_rvos.SyntheticConfig(**synthetic_settings(self.builder_config.synthetic))
     root = os.path.join(os.fspath(dl_manager.download_dir), f'synthetic_rvos_{self.builder_config.name}')
     if not synthetic_rvos.is_generated(root, generator_config):
@@ -173,8 +170,11 @@ def make_builder(name: str, data_dir: str | os.PathLike | None, delta: int = 6,
   """The builder of a data set with the given settings (not yet prepared)."""
   if name not in BUILDERS:
     raise ValueError(f'Unknown data set {name!r}: choose from {sorted(BUILDERS)}')
-  return BUILDERS[name](data_dir=None if data_dir is None else os.fspath(data_dir),
-                        config=make_config(name, delta, **options))
+  builder_class = BUILDERS[name]
+  config = make_config(name, delta, **options)
+  if config.name in {c.name for c in builder_class.BUILDER_CONFIGS}:  # tfds wants a predefined one by name
+    config = config.name
+  return builder_class(data_dir=None if data_dir is None else os.fspath(data_dir), config=config)
 
 
 def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | os.PathLike | None = None) -> None:

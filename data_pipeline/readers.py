@@ -282,7 +282,7 @@ class JHMDBMasks(Masks):
           masks = np.asarray(f['part_mask'][()]).transpose(2, 1, 0)
       except (OSError, KeyError) as error:
         raise DataError(f'{path} is not a readable J-HMDB mask file: {error}') from None
-    except (OSError, KeyError, ValueError, TypeError) as error:
+    except (OSError, KeyError, ValueError, TypeError, scipy.io.matlab.MatReadError) as error:
       raise DataError(f'{path} is not a readable J-HMDB mask file: {error}') from None
     if masks.ndim != 3:
       raise DataError(f'{path}: part_mask should be [H, W, T], got shape {masks.shape}')
@@ -363,8 +363,11 @@ class RVOSReader(abc.ABC):
         if not expression.sentence.strip():
           skipped.add('empty sentence', described)
           continue
-        frames = list(expression.frames) if expression.frames is not None else self.target_frames(
-            split, expression, video, masks)
+        try:
+          frames = list(expression.frames) if expression.frames is not None else self.target_frames(
+              split, expression, video, masks)
+        except DataError as error:
+          raise DataError(f'{error} [{described}]') from None
         if not frames:
           skipped.add('object absent from every mask', f'{described}: object {expression.object_id}')
           continue
