@@ -9,5 +9,9 @@ def get_config():
                       decoder_dim=32)
   config.input_height = config.input_width = 96
   config.max_words = 8
+  config.data = default.data_config(
+      train='synthetic_rvos:train',
+      evaluate=('synthetic_rvos:validation', 'synthetic_rvos:test', 'synthetic_rvos:test_compositional'))
+  config.data.synthetic = {'seed': 0, 'height': 96, 'width': 96, 'num_frames': 12}
   config.demo.update(batch_size=4, steps=60, learning_rate=2e-3)
   return config

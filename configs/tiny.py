@@ -9,5 +9,8 @@ def get_config():
                       num_heads=4, ffn_dim=32, decoder_dim=16)
   config.input_height = config.input_width = 64
   config.max_words = 6
+  config.data = default.data_config(train='synthetic_rvos:train', evaluate=('synthetic_rvos:validation',))
+  config.data.synthetic = {'seed': 0, 'height': 64, 'width': 64, 'num_frames': 8, 'num_videos': {
+      'train': 6, 'validation': 2, 'test': 2, 'test_compositional': 2}}
   config.demo.update(batch_size=2, steps=3, learning_rate=1e-3)
   return config

@@ -147,19 +147,11 @@ class SyntheticRvos(_RVOSBuilder):
       return os.fspath(dl_manager.manual_dir)
     except AssertionError:  # tfds' way of saying "no manual_dir": generate the videos
       pass
-    generator_config = synthetic_rvos.SyntheticConfig(**synthetic_settings(self.builder_config.synthetic))
+    generator_config = synthetic_rvos.SyntheticConfig(**(self.builder_config.synthetic or {}))
     root = os.path.join(os.fspath(dl_manager.download_dir), f'synthetic_rvos_{self.builder_config.name}')
     if not synthetic_rvos.is_generated(root, generator_config):
       synthetic_rvos.generate(root, generator_config, progress=True)
     return root
-
-
-def synthetic_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
-  """Generator settings as SyntheticConfig takes them (lists from configs become tuples)."""
-  settings = dict(settings or {})
-  if 'num_videos' in settings:
-    settings['num_videos'] = tuple((str(split), int(count)) for split, count in dict(settings['num_videos']).items())
-  return settings
 
 
 BUILDERS = {cls.name: cls for cls in (A2dSentences, JhmdbSentences, RefYoutubeVos, RefDavis17, SyntheticRvos)}
