@@ -1,4 +1,4 @@
-"""`--mode=demo`: an end-to-end sanity check of the model on one synthetic batch.
+"""`--mode=demo`: an end-to-end sanity check of the model on one batch of the config's training data.
 
 Prints the output shapes and the parameter count, then fits the batch for a few AdamW steps with the training
 loss and reports pixel accuracy and IoU before and after: a model that does not learn here is broken.
@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from data_pipeline.synthetic import synthetic_batch
+from data_pipeline import input_pipeline, prepare
 from lbdt_jax.losses import segmentation_loss
 from lbdt_jax.models import LBDT, LBDTConfig
 
@@ -34,8 +34,14 @@ def pixel_scores(logits, mask) -> dict[str, float]:
 def run_demo(config, workdir: str) -> dict:
   model_config = LBDTConfig.from_dict(config.model.to_dict())
   model = LBDT(model_config)
-  batch = synthetic_batch(np.random.default_rng(config.seed), config.demo.batch_size, config.input_height,
-                          config.input_width, config.max_words, model_config.word_dim)
+  prepared = prepare.prepare(config)  # builds the synthetic set on first use
+  table = prepare.word_table(prepared)
+  name, split = prepare.parse_dataset_split(config.data.train)
+  sentences = input_pipeline.SentenceTable(prepare.sentences(prepared), table, config.max_words)
+  batch = next(input_pipeline.TrainIterator(prepared[name], split, sentences,
+                                            input_pipeline.Preprocessing.from_config(config),
+                                            global_batch_size=config.demo.batch_size, seed=config.seed))
+  batch['words'] = table.vectors[batch['word_ids']]  # fixed vectors here; the trainer learns them if asked
   inputs = (batch['frame'], batch['frame_difference'], batch['words'], batch['word_mask'])
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
   variables = jax.jit(model.init)(init_key, *inputs)

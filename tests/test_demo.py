@@ -9,7 +9,8 @@ from conftest import ROOT
 
 def test_demo_runs_and_learns(tmp_path):
   result = subprocess.run([sys.executable, 'main.py', '--config=configs/tiny.py', '--config.demo.steps=8',
-                           '--config.demo.learning_rate=3e-3', f'--workdir={tmp_path}'],
+                           '--config.demo.learning_rate=3e-3', f'--workdir={tmp_path}',
+                           f'--config.data.data_dir={tmp_path / "tfds"}'],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'parameters:' in result.stdout and 'pixel accuracy' in result.stdout
