@@ -1,9 +1,9 @@
-# Quick start: `make run` (the model on built-in synthetic data) and `make test` (the whole suite).
+# Quick start: `make run` (the main job: train and evaluate on the built-in synthetic data) and `make test`.
 # Both create .venv with Python 3.11 and install what they need on first use.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-WORKDIR ?= workdir/smoke
+WORKDIR ?= workdir/synthetic
 
 .PHONY: run test install
 install: $(VENV)/.installed

@@ -1,7 +1,22 @@
-"""LBDT as released (A2D Sentences LBDT-4; `:lbdt1` for LBDT-1): ResNet-50 encoders, 320x320 input.
+"""A2D Sentences, LBDT as released (Tab. 1): ResNet-50 encoders, 320x320, the reference's training recipe.
 
-Every architectural switch of the paper's ablations is under `config.model` (see lbdt_jax/models/config.py), e.g.
-`--config.model.bridge=direct` (Tab. 5 row 1) or `--config.model.lbdt_stages='(3, 4, 5)'` (Tab. 7).
+  --config=configs/default.py            LBDT-4
+  --config=configs/default.py:lbdt1      LBDT-1
+  --config=configs/default.py:lbdt4,direct,delta=3      comma-separated options (the paper's ablations):
+
+  direct          Tab. 5: no language bridge, the streams attend to each other directly
+  t2s_only        Tab. 5: only T->L->S (motion into the spatial stream)
+  s2t_only        Tab. 5: only S->L->T (appearance into the temporal stream)
+  no_denoiser     Tab. 5: BCA without the language denoiser
+  no_activator    Tab. 5: BCA without the consistency activator
+  single_stream   no temporal encoder (frame only)
+  paper_form      separate transfer weights per direction (the paper's text; the code shares them)
+  delta=N         Tab. 6: frame interval of the frame difference
+  stages=45       Tab. 7: encoder stages with LBDT modules (digits)
+  adam            plain Adam with L2 weight decay, as the paper's text says (the code uses AdamW)
+  reference_eval  score exactly as the official eval.py (bilinear ground truth at 320, nearest back up)
+
+Everything else is overridable from the command line, e.g. `--config.optimizer.learning_rate=2e-4`.
 """
 
 import ml_collections
@@ -9,21 +24,81 @@ import ml_collections
 from lbdt_jax.models import LBDTConfig
 
 LAYERS = {'lbdt1': 1, 'lbdt4': 4}
+MODEL_SWITCHES = {
+    'direct': {'bridge': 'direct'},
+    't2s_only': {'transfer_spatial_to_temporal': False},
+    's2t_only': {'transfer_temporal_to_spatial': False},
+    'no_denoiser': {'language_denoiser': False},
+    'no_activator': {'consistency_activator': False},
+    'single_stream': {'temporal_encoder': False},
+    'paper_form': {'share_direction_weights': False},
+}
 
 
-def get_config(variant: str = 'lbdt4') -> ml_collections.ConfigDict:
-  if variant not in LAYERS:
-    raise ValueError(f'Unknown variant {variant!r}: choose from {sorted(LAYERS)}')
+def get_config(options: str = 'lbdt4') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.model = ml_collections.ConfigDict(LBDTConfig(num_lbdt_layers=LAYERS[variant]).to_dict())
+  config.model = ml_collections.ConfigDict(LBDTConfig().to_dict())
   config.input_height = 320
   config.input_width = 320
   config.max_words = 25
   config.data = data_config(train='a2d_sentences:train', evaluate=('a2d_sentences:test',))
-  # --mode=demo: a few optimisation steps on one synthetic batch, as an end-to-end sanity check.
-  config.demo = ml_collections.ConfigDict({'batch_size': 2, 'steps': 10, 'learning_rate': 1e-4})
+  config.train = ml_collections.ConfigDict({
+      'batch_size': 8,  # global, over all devices and processes
+      'num_epochs': 15,
+      'num_steps': 0,  # > 0 overrides num_epochs
+      'accumulation_steps': 1,  # microbatches per step (gradients averaged; BatchNorm sees each microbatch)
+      'batch_norm': 'global',  # statistics over the global batch; 'per_device' = PyTorch DDP without SyncBN
+      'log_every_steps': 50,
+      'checkpoint_every_steps': 1000,
+      'keep_checkpoints': 3,
+      'keep_every_steps': 0,  # also keep every N-th step's checkpoint
+      'eval_every_steps': 0,  # 0: evaluate at the end only
+      'max_nonfinite_in_row': 10,  # stop after this many consecutive NaN/inf steps (each one is skipped)
+      'profile': False,  # a profiler trace of 5 steps into workdir (TensorBoard)
+  })
+  config.optimizer = ml_collections.ConfigDict({
+      'name': 'adamw',  # the reference code; 'adam' = the paper's text
+      'learning_rate': 1e-4,
+      'weight_decay': 5e-4,
+      'b1': 0.9, 'b2': 0.999, 'eps': 1e-8,  # torch defaults
+      'decay_epochs': (10, 12, 14),  # torch MultiStepLR milestones of the reference
+      'decay_factor': 0.5,
+      'grad_clip_norm': 0.0,  # 0: no clipping (the reference clips nothing)
+  })
+  config.eval = ml_collections.ConfigDict({
+      'batch_size': 8,
+      'protocol': 'original',  # score at the original frame size; 'reference' = the official eval.py
+      'pictures': 0,  # > 0: draw this many predictions (and a clip) into workdir/pictures
+  })
+  config.mesh = ml_collections.ConfigDict({'model': 1})  # > 1: shard parameters over a 'model' axis too
+  config.init = ml_collections.ConfigDict({
+      'imagenet': '',  # torchvision ResNet weights (.pth/.npz) for both encoders, as the paper
+      'checkpoint': '',  # a model directory (export/ of a run, or --mode=convert output) to start from
+  })
+  apply_options(config, options)
   return config
+
+
+def apply_options(config: ml_collections.ConfigDict, options: str) -> None:
+  for option in filter(None, (o.strip() for o in options.split(','))):
+    name, _, value = option.partition('=')
+    if name in LAYERS:
+      config.model.num_lbdt_layers = LAYERS[name]
+    elif name in MODEL_SWITCHES:
+      config.model.update(MODEL_SWITCHES[name])
+    elif name == 'delta':
+      config.data.delta = int(value)
+    elif name == 'stages':
+      config.model.lbdt_stages = tuple(int(d) for d in value)
+    elif name == 'adam':
+      config.optimizer.name = 'adam'
+    elif name == 'reference_eval':
+      config.eval.protocol = 'reference'
+      config.data.mask_resize = 'bilinear_threshold'
+    else:
+      raise ValueError(f'Unknown config option {option!r}: choose from {sorted(LAYERS)}, {sorted(MODEL_SWITCHES)}, '
+                       'delta=N, stages=DIGITS, adam, reference_eval')
 
 
 def data_config(train: str, evaluate: tuple[str, ...]) -> ml_collections.ConfigDict:
@@ -39,8 +114,9 @@ def data_config(train: str, evaluate: tuple[str, ...]) -> ml_collections.ConfigD
       'delta': 6,  # frames between a frame and the frame its difference is taken with (paper: 6)
       'mask_resize': 'nearest',  # or 'bilinear_threshold' (the reference: bilinear, aligned corners, then > 0)
       'horizontal_flip': False,  # training augmentation; swaps "left"/"right" in the sentence with the image
-      'shuffle_buffer': 10_000,
+      'shuffle_buffer': 2_000,  # encoded examples held per process (a 720p pair is ~0.2 MB)
       'num_threads': 0,  # tf.data threads; 0 = all cores
+      'a2d_layout': 'release',  # or 'lists': images/, masks/, train.txt, val.txt of the official LBDT code
       'jhmdb_frames': 'all',  # or 'sample3' (MTTR/ReferFormer's 3 frames per video)
       'jhmdb_samples_file': '',  # MTTR's jhmdb_sentences_samples_metadata.json, to use exactly their frames
       'synthetic': {},  # data_pipeline.synthetic_rvos.SyntheticConfig settings (defaults where absent)

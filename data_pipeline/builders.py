@@ -30,21 +30,33 @@ METADATA_SKIPPED = 'skipped'
 class RVOSConfig(tfds.core.BuilderConfig):
   """δ and the data-set-specific options; `name` is derived from them by `make_config`."""
   delta: int = 6
+  a2d_layout: str = 'release'
   jhmdb_frames: str = 'all'
   jhmdb_samples_file: str | None = None
   synthetic: dict[str, Any] | None = None
 
 
+def _digest(value) -> str:
+  return hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def make_config(name: str, delta: int = 6, **options) -> RVOSConfig:
-  """A builder config whose name encodes the settings (e.g. `delta6`, `delta6_sample3`, `delta6_1f3a9c0b`)."""
+  """A builder config whose name encodes every setting that changes the examples (e.g. `delta6`,
+  `delta6_lists`, `delta6_sample3`, `delta6_sample3_<digest of the samples file>`, `delta6_<synthetic digest>`)."""
   config_name = f'delta{delta}'
+  if options.get('a2d_layout', 'release') != 'release':
+    config_name += f'_{options["a2d_layout"]}'
   if options.get('jhmdb_frames', 'all') != 'all':
     config_name += f'_{options["jhmdb_frames"]}'
+    if options.get('jhmdb_samples_file'):
+      path = os.path.expanduser(options['jhmdb_samples_file'])
+      if not os.path.isfile(path):
+        raise readers.DataError(f'jhmdb_samples_file {path} does not exist')
+      with open(path, 'rb') as f:
+        config_name += f'_{hashlib.sha1(f.read()).hexdigest()[:8]}'
   if options.get('synthetic') is not None:
-    synthetic = dict(options['synthetic'])
-    digest = hashlib.sha1(json.dumps(synthetic, sort_keys=True).encode()).hexdigest()[:8]
-    config_name += f'_{digest}'
-    options['synthetic'] = synthetic
+    options['synthetic'] = synthetic_rvos.SyntheticConfig(**dict(options['synthetic'])).to_dict()
+    config_name += f'_{_digest(options["synthetic"])}'
   return RVOSConfig(name=config_name, delta=delta, description=f'{name}, previous frame {delta} frames earlier',
                     **options)
 
@@ -106,9 +118,15 @@ class A2dSentences(_RVOSBuilder):
       'images/, masks/, train.txt, val.txt.')
 
   def reader(self, root):
-    if not os.path.isdir(os.path.join(root, 'Release')) and os.path.exists(os.path.join(root, 'train.txt')):
-      return readers.A2DListReader(root, delta=self.builder_config.delta)
-    return super().reader(root)
+    layout = self.builder_config.a2d_layout
+    if layout not in ('release', 'lists'):
+      raise ValueError(f"a2d_layout must be 'release' or 'lists', got {layout!r}")
+    if layout == 'release' and not os.path.isdir(os.path.join(root, 'Release')) and os.path.exists(
+        os.path.join(root, 'train.txt')):
+      raise readers.DataError(f'{root} holds the official LBDT code\'s list layout (train.txt, images/, masks/): '
+                              "set config.data.a2d_layout='lists'")
+    reader = readers.A2DListReader if layout == 'lists' else readers.A2DSentencesReader
+    return reader(root, delta=self.builder_config.delta)
 
 
 class JhmdbSentences(_RVOSBuilder):

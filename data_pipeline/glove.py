@@ -75,8 +75,10 @@ class WordTable:
 
 
 def vocabulary(sentences: Iterable[str]) -> list[str]:
-  """Sorted tokens of the sentences (the pad token excluded)."""
-  return sorted({t for s in sentences for t in tokenizer.tokenize(s)} - {tokenizer.PAD_TOKEN})
+  """Sorted tokens of the sentences and their mirror images (a flipped "left" reads "right"); no pad token."""
+  tokens = {t for s in sentences for t in tokenizer.tokenize(s)}
+  tokens |= {tokenizer.MIRRORED_WORDS[t] for t in tokens if t in tokenizer.MIRRORED_WORDS}
+  return sorted(tokens - {tokenizer.PAD_TOKEN})
 
 
 def _glove_lines(path: str) -> Iterator[tuple[bytes, int]]:

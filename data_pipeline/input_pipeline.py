@@ -35,8 +35,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MASK_RESIZE_METHODS = ('nearest', 'bilinear_threshold')
 IMAGE_FEATURES = ('frame', 'prev_frame', 'mask')
 NUMERIC_IDS = ('frame_index', 'prev_frame_index', 'object_id', 'expression_id')
-# A horizontal flip mirrors the scene, so the sentence's sides swap with it.
-MIRRORED_WORDS = {'left': 'right', 'right': 'left', 'leftmost': 'rightmost', 'rightmost': 'leftmost'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +71,7 @@ class SentenceTable:
     for sentence in sentences:
       tokens, mask = tokenizer.pad_tokens(sentence, max_words)
       ids.append(word_table.ids(tokens))
-      mirrored_ids.append(word_table.ids([MIRRORED_WORDS.get(t, t) for t in tokens]))
+      mirrored_ids.append(word_table.ids([tokenizer.MIRRORED_WORDS.get(t, t) for t in tokens]))
       masks.append(mask)
     self.sentences = sentences
     self._ids = tf.constant(np.stack(ids))

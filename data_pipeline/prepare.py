@@ -38,7 +38,9 @@ def dataset_names(config: ml_collections.ConfigDict) -> list[str]:
 def builder_for(config: ml_collections.ConfigDict, name: str) -> tfds.core.DatasetBuilder:
   data = config.data
   options = {}
-  if name == 'jhmdb_sentences':
+  if name == 'a2d_sentences':
+    options = {'a2d_layout': data.a2d_layout}
+  elif name == 'jhmdb_sentences':
     options = {'jhmdb_frames': data.jhmdb_frames, 'jhmdb_samples_file': data.jhmdb_samples_file or None}
   elif name == 'synthetic_rvos':
     options = {'synthetic': data.synthetic.to_dict()}
@@ -92,7 +94,8 @@ def _write_word_tables(needed: dict[str, tfds.core.DatasetBuilder], glove_path: 
 
 def subset(table: glove.WordTable, words: list[str]) -> glove.WordTable:
   """The rows of `table` for `words` (words outside it are left out: they map to the unknown row)."""
-  kept = [w for w in dict.fromkeys(words) if w in table.words[2:]]
+  known = set(table.words[2:])
+  kept = [w for w in dict.fromkeys(words) if w in known]
   return glove.WordTable(table.words[:2] + tuple(kept), table.vectors[[0, 1, *table.ids(kept)]], table.trainable)
 
 

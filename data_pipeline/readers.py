@@ -198,7 +198,7 @@ class PaletteMasks(Masks):
 
   def __init__(self, directory: str):
     self._files = _numbered_files(directory, '.png')
-    self._cache = {}
+    self._cache, self._ids = {}, {}
 
   @property
   def annotated_frames(self):
@@ -219,7 +219,9 @@ class PaletteMasks(Masks):
     return labels
 
   def object_ids(self, frame):
-    return set(np.unique(self._labels(frame)).tolist()) - {0}
+    if frame not in self._ids:
+      self._ids[frame] = set(np.unique(self._labels(frame)).tolist()) - {0}
+    return self._ids[frame]
 
   def mask(self, frame, object_id):
     return (self._labels(frame) == object_id).astype(np.uint8)
@@ -248,7 +250,7 @@ class A2DMasks(Masks):
   """A2D Sentences instance masks: one .h5 per annotated frame, named by its 1-based frame number."""
 
   def __init__(self, directory: str):
-    self._files = _numbered_files(directory, '.h5') if os.path.isdir(directory) else {}
+    self._files = _numbered_files(directory, '.h5')
     self._cache = {}
 
   @property
@@ -261,7 +263,7 @@ class A2DMasks(Masks):
     return self._cache[frame]
 
   def object_ids(self, frame):
-    return {i for i, m in self._instances(frame).items() if m.any()}
+    return set(self._instances(frame))  # listed instances, as the release defines the annotated ones
 
   def mask(self, frame, object_id):
     masks = self._instances(frame)
@@ -405,6 +407,14 @@ class RVOSReader(abc.ABC):
     }
 
 
+def _read_text(path: str, encoding: str = 'utf-8') -> str:
+  try:
+    with open(path, encoding=encoding) as f:
+      return f.read()
+  except (OSError, UnicodeDecodeError) as error:
+    raise DataError(f'cannot read {path}: {error}') from None
+
+
 def _read_csv(path: str, header: bool, encoding: str = 'utf-8') -> list[tuple[int, list[str]]]:
   """(line number, fields) of a comma-separated file."""
   try:
@@ -434,9 +444,8 @@ class A2DSentencesReader(RVOSReader):
 
   @functools.cached_property
   def _missed_videos(self) -> set[str]:
-    path = self.require('text_annotations', 'a2d_missed_videos.txt')
-    with open(path, encoding='utf-8') as f:
-      return {line.strip() for line in f if line.strip()}
+    text = _read_text(self.require('text_annotations', 'a2d_missed_videos.txt'))
+    return {line.strip() for line in text.splitlines() if line.strip()}
 
   def expressions(self, split, skipped):
     path = self.require('text_annotations', 'a2d_annotation.txt')
@@ -520,7 +529,7 @@ class JHMDBSentencesReader(RVOSReader):
     return ('test',)
 
   def _directory(self, kind: str, video_id: str) -> str:
-    matches = glob.glob(self.path(kind, '*', video_id))
+    matches = glob.glob(os.path.join(glob.escape(self.path(kind)), '*', glob.escape(video_id)))
     if len(matches) != 1:
       raise DataError(f'expected one {kind}/<action>/{video_id} directory, found {len(matches)}')
     return matches[0]
@@ -565,7 +574,11 @@ class JHMDBSentencesReader(RVOSReader):
     if self._mttr_samples:
       if expression.video_id not in self._mttr_samples:
         raise DataError(f'{self.samples_file} has no frames for video {expression.video_id}')
-      return self._mttr_samples[expression.video_id]
+      listed = self._mttr_samples[expression.video_id]
+      if not set(listed) <= set(frames):
+        raise DataError(f'{self.samples_file} lists frames {sorted(set(listed) - set(frames))} of video '
+                        f'{expression.video_id}, which have no frame or mask')
+      return listed
     rng = random.Random(f'{self.seed}/{expression.video_id}')
     return sorted(rng.sample(frames, min(3, len(frames))))
 
@@ -595,14 +608,17 @@ class YouTubeVOSReader(RVOSReader):
     videos = self._meta(directory)
     excluded = self.EXCLUDED_FROM.get(split)
     if excluded and os.path.exists(self.path('meta_expressions', excluded, 'meta_expressions.json')):
-      videos = {v: meta for v, meta in videos.items() if v not in self._meta(excluded)}
+      excluded_videos = self._meta(excluded)
+      videos = {v: meta for v, meta in videos.items() if v not in excluded_videos}
     path = self.path('meta_expressions', directory, 'meta_expressions.json')
     expressions = []
     for video_id in sorted(videos):
       for key, expression in sorted(videos[video_id]['expressions'].items(), key=lambda item: int(item[0])):
         origin = f'{path} video {video_id} expression {key}'
         try:
-          expressions.append(Expression(video_id, int(expression['obj_id']), int(key), expression['exp'], origin,
+          # The competition's valid/test files name no object (there are no masks to pick one from).
+          object_id = int(expression['obj_id']) if split in self.SPLITS_WITH_MASKS else int(expression.get('obj_id', 0))
+          expressions.append(Expression(video_id, object_id, int(key), expression['exp'], origin,
                                         {name: str(expression[name]) for name in self.extra_features}))
         except (KeyError, ValueError) as error:
           raise DataError(f'{origin}: malformed expression {expression!r} ({error})') from None
@@ -647,17 +663,16 @@ class DAVISReader(RVOSReader):
     return tuple(self.SPLIT_FILES)
 
   def _videos(self, split) -> set[str]:
-    path = self.require('DAVIS', 'ImageSets', '2017', self.SPLIT_FILES[split])
-    with open(path, encoding='utf-8') as f:
-      return {line.strip() for line in f if line.strip()}
+    return {line.strip() for line in _read_text(self.require('DAVIS', 'ImageSets', '2017', self.SPLIT_FILES[split]))
+            .splitlines() if line.strip()}
 
   def expressions(self, split, skipped):
     videos = self._videos(split)
+    known = set().union(*(self._videos(s) for s in self.splits()))
     expressions = []
     for set_index, (expression_set, (name, encoding)) in enumerate(self.EXPRESSION_SETS.items()):
       path = self.require('davis_text_annotations', name)
-      with open(path, encoding=encoding) as f:
-        lines = f.read().splitlines()
+      lines = _read_text(path, encoding).splitlines()
       for line_number, line in enumerate(lines, 1):
         if not line.strip():
           continue
@@ -666,9 +681,14 @@ class DAVISReader(RVOSReader):
         if len(fields) < 2 or not fields[1].isdigit():
           raise DataError(f'{origin}: expected <video> <object id> "<expression>", got {line!r}')
         video_id = self.VIDEO_NAME_FIXES.get(fields[0], fields[0])
+        if video_id not in known:
+          skipped.add('video in neither ImageSets/2017 list', f'{origin}: {fields[0]!r}')
+          continue
         if video_id not in videos:
           continue
-        sentence = fields[2].strip().strip('"') if len(fields) == 3 else ''
+        sentence = ' '.join(fields[2].split()) if len(fields) == 3 else ''
+        if len(sentence) >= 2 and sentence[0] == sentence[-1] == '"':
+          sentence = sentence[1:-1]
         # Expression ids are unique across the four files: set index * 10000 + line number.
         expressions.append(Expression(video_id, int(fields[1]), set_index * 10000 + line_number, sentence, origin,
                                       {'expression_set': expression_set}))

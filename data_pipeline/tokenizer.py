@@ -2,8 +2,8 @@
 
 The sentence is split on runs of non-word characters and the separators are kept as tokens, except a separator that
 is exactly one space; a final "." is dropped; everything is lower-cased. So "a car, which is white" gives
-`a car ", " which is white`, and "woman's" gives `woman ' s`. Separator tokens are not in GloVe and get the zero
-vector, as in the reference. `tests/fixtures/reference/tokenize.json` holds the reference's own output.
+`a car ", " which is white`, and "woman's" gives `woman ' s`. Separators that GloVe lacks (", ", "  ") get the
+zero vector; one-character ones ("'", "-") have GloVe vectors, as in the reference. `tests/fixtures/reference/tokenize.json` holds the reference's own output.
 """
 
 import re
@@ -13,6 +13,8 @@ import numpy as np
 MAX_WORDS = 25
 PAD_TOKEN = ''
 _SPLIT = re.compile(r'(\W+)')
+# A horizontal flip mirrors the scene, so the sentence's sides swap with it.
+MIRRORED_WORDS = {'left': 'right', 'right': 'left', 'leftmost': 'rightmost', 'rightmost': 'leftmost'}
 
 
 def tokenize(sentence: str) -> list[str]:

@@ -1,10 +1,16 @@
 """Shared helpers: the tiny config and the reference fixtures (copied from shared/reference)."""
 
+import os
 import pathlib
+import tempfile
 
-import jax
-import numpy as np
-import pytest
+# Compiled programs are cached on disk and shared by the test processes and the subprocesses they start
+# (set before JAX initialises).
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(tempfile.gettempdir(), 'lbdt_jax_test_cache'))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / 'tests' / 'fixtures' / 'reference'

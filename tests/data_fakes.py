@@ -130,9 +130,9 @@ def write_youtube_vos(root, frames=(0, 5, 10, 15, 20, 25)):
           '1': {'exp': 'a skateboard', 'obj_id': '2'},
           '2': {'exp': 'a missing object', 'obj_id': '3'},
           '3': {'exp': '', 'obj_id': '1'}}}},
-      'valid': {v: {'frames': names, 'expressions': {'0': {'exp': 'a cat', 'obj_id': '1'}}}
-                for v in ('v_valid', 'v_test')},
-      'test': {'v_test': {'frames': names, 'expressions': {'0': {'exp': 'a cat', 'obj_id': '1'}}}},
+      # The competition's valid/test files name no object.
+      'valid': {v: {'frames': names, 'expressions': {'0': {'exp': 'a cat'}}} for v in ('v_valid', 'v_test')},
+      'test': {'v_test': {'frames': names, 'expressions': {'0': {'exp': 'a cat'}}}},
   }
   for split, videos in meta.items():
     path = os.path.join(root, 'meta_expressions', split, 'meta_expressions.json')
@@ -154,7 +154,8 @@ def write_davis(root, num_frames=6):
       write_palette_png(os.path.join(root, 'DAVIS', 'Annotations_unsupervised', '480p', video, f'{n:05d}.png'),
                         labels)
   texts = os.path.join(root, 'davis_text_annotations')
-  _write_lines(os.path.join(texts, 'Davis17_annot1.txt'), ['clasic-car 1 "a red car"', 'dog-scale 2 "a small dog"'])
+  _write_lines(os.path.join(texts, 'Davis17_annot1.txt'), ['clasic-car 1 "a red  car"', 'dog-scale 2 "a small dog"',
+                                                           'unknown-video 1 "a ghost"'])
   _write_lines(os.path.join(texts, 'Davis17_annot1_full_video.txt'), ['clasic-car 2 "a man in a café"'])
   _write_lines(os.path.join(texts, 'Davis17_annot2.txt'), ['clasic-car 1 "the café car"'], encoding='latin-1')
   _write_lines(os.path.join(texts, 'Davis17_annot2_full_video.txt'), ['dog-scale 1 "a big dog"'],

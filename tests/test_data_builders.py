@@ -54,18 +54,26 @@ def test_skips_are_recorded_in_metadata(tmp_path):
 
 def test_a2d_builder_reads_the_official_list_layout(tmp_path):
   fakes.write_a2d_lists(tmp_path / 'lists')
-  builder = builders.make_builder('a2d_sentences', tmp_path / 'tfds', delta=3)
-  assert builder.builder_config.name == 'delta3'
+  with pytest.raises(readers.DataError, match="a2d_layout='lists'"):
+    builders.prepare(builders.make_builder('a2d_sentences', tmp_path / 'tfds'), tmp_path / 'lists')
+  builder = builders.make_builder('a2d_sentences', tmp_path / 'tfds', delta=3, a2d_layout='lists')
+  assert builder.builder_config.name == 'delta3_lists'
   builders.prepare(builder, tmp_path / 'lists')
   examples = list(tfds.as_numpy(builder.as_dataset(split='train')))
   assert sorted(int(e['object_id']) for e in examples) == [1, 3]
   assert {int(e['prev_frame_index']) for e in examples} == {5}
 
 
-def test_config_names_keep_settings_apart():
+def test_config_names_keep_settings_apart(tmp_path):
   assert builders.make_config('jhmdb_sentences', 6, jhmdb_frames='sample3').name == 'delta6_sample3'
+  (tmp_path / 'a.json').write_text('[["v", "x/00001.png"]]')
+  (tmp_path / 'b.json').write_text('[["v", "x/00002.png"]]')
+  names = {builders.make_config('jhmdb_sentences', 6, jhmdb_frames='sample3', jhmdb_samples_file=str(tmp_path / f)
+                                ).name for f in ('a.json', 'b.json')}
+  assert len(names) == 2 and all(n.startswith('delta6_sample3_') for n in names)
   first = builders.make_config('synthetic_rvos', 6, synthetic={'seed': 0}).name
   assert first != builders.make_config('synthetic_rvos', 6, synthetic={'seed': 1}).name
+  assert first == builders.make_config('synthetic_rvos', 6, synthetic={}).name  # defaults spelled out or not
   assert first.startswith('delta6_')
 
 

@@ -105,6 +105,9 @@ def test_jhmdb_all_frames_and_sample(tmp_path):
                   '["vid_wave", "x/00005.png", "m", 8, "q"], ["vid_wave", "x/00006.png", "m", 8, "q"]]')
   listed, _ = collect(readers.JHMDBSentencesReader(tmp_path, frames='sample3', samples_file=str(mttr)), 'test')
   assert [e['frame_index'] for e in listed.values()] == [2, 5, 6]
+  mttr.write_text('[["vid_wave", "x/00008.png", "m", 8, "q"]]')  # frame 8 has no mask
+  with pytest.raises(readers.DataError, match=r'lists frames \[8\] of video vid_wave'):
+    collect(readers.JHMDBSentencesReader(tmp_path, frames='sample3', samples_file=str(mttr)), 'test')
 
 
 def test_youtube_vos(tmp_path):
@@ -123,7 +126,7 @@ def test_youtube_vos(tmp_path):
   assert dict(skipped.counts) == {'object absent from every mask': 1, 'empty sentence': 1}
   validation, _ = collect(reader, 'validation')
   assert {e['video_id'] for e in validation.values()} == {'v_valid'}  # v_test is in the test set
-  example = validation['v_valid/10/1/0']
+  example = validation['v_valid/10/0/0']  # no object named: object_id 0
   assert not example['has_mask'] and not example['mask'].any() and example['orig_size'].tolist() == SIZE
   assert len(validation) == 6
 
@@ -134,7 +137,9 @@ def test_davis(tmp_path):
   train, _ = collect(reader, 'train')
   sets = {e['expression_set'] for e in train.values()}
   assert sets == {'annotator1_first_frame', 'annotator1_full_video', 'annotator2_first_frame'}
-  red_car = [e for e in train.values() if e['sentence'] == 'a red car']
+  _, skipped = collect(reader, 'train')
+  assert dict(skipped.counts) == {'video in neither ImageSets/2017 list': 1}
+  red_car = [e for e in train.values() if e['sentence'] == 'a red car']  # spaces collapsed, quotes removed
   assert [e['frame_index'] for e in red_car] == list(range(6))
   check_example(red_car[3], video='classic-car', frame=3, previous=1, object_id=1, expression_id=1,
                 sentence='a red car', split='train')

@@ -64,6 +64,9 @@ def test_glove_errors_name_the_file(tmp_path, glove_words):
   write_glove(tmp_path / 'glove.txt', glove_words)
   with pytest.raises(ValueError, match='None of the'):
     glove.from_glove(tmp_path / 'glove.txt', ['dog'], dim=300, progress=False)  # wrong dimension
+  (tmp_path / 'short.txt').write_text('dog 0.1 0.2\ncat ' + ' '.join(['0.5'] * 6) + '\n')
+  table = glove.from_glove(tmp_path / 'short.txt', ['dog', 'cat'], dim=6, progress=False)
+  assert table.words[2:] == ('cat',)  # the malformed line of a wanted word is skipped, not half-read
   (tmp_path / 'bad.txt').write_text('dog ' + ' '.join(['x'] * 6) + '\n')
   with pytest.raises(ValueError, match=r'bad.txt.*line 1.*dog'):
     glove.from_glove(tmp_path / 'bad.txt', ['dog'], dim=6, progress=False)

@@ -1,0 +1,92 @@
+"""Device mesh and shardings: the one place that decides where arrays live.
+
+The mesh has a `data` axis (the batch is split over it) and a `model` axis (size 1 by default). With
+`config.mesh.model > 1` parameters and optimizer state are sharded over `model` as well (FSDP-style: each large
+array is split along its largest dimension that the axis divides), for models that do not fit one device.
+"""
+
+import math
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+DATA, MODEL = 'data', 'model'
+# Arrays smaller than this stay replicated even when parameters are sharded: splitting them saves nothing.
+MIN_SHARDED_SIZE = 2**16
+
+
+def initialize_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+  """Multi-host start: explicit values, or JAX's own discovery (SLURM, Cloud TPU, JAX_COORDINATOR_ADDRESS...)."""
+  if coordinator or num_processes:
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+  else:
+    jax.distributed.initialize()
+  logging.info('Process %d of %d; %d local of %d devices', jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+
+
+def make_mesh(model_axis: int = 1) -> Mesh:
+  devices = jax.devices()
+  if model_axis < 1 or len(devices) % model_axis:
+    raise ValueError(f'config.mesh.model ({model_axis}) must divide the number of devices ({len(devices)})')
+  grid = np.asarray(devices).reshape(len(devices) // model_axis, model_axis)
+  return Mesh(grid, (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension over `data`."""
+  return NamedSharding(mesh, P(DATA))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def _parameter_spec(shape: tuple[int, ...], model_size: int) -> P:
+  if model_size == 1 or math.prod(shape) < MIN_SHARDED_SIZE:
+    return P()
+  for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+    if shape[axis] % model_size == 0:
+      return P(*([None] * axis + [MODEL]))
+  return P()
+
+
+def state_shardings(mesh: Mesh, abstract_state):
+  """Shardings for the train state: replicated, or FSDP-style over `model` when that axis is larger than 1."""
+  model_size = mesh.shape[MODEL]
+  return jax.tree.map(lambda x: NamedSharding(mesh, _parameter_spec(x.shape, model_size)), abstract_state)
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Per-process numpy batches → global arrays sharded over `data` (the model's numeric inputs only)."""
+  sharding = batch_sharding(mesh)
+  return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in local_batch.items()}
+
+
+def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+  data_size = mesh.shape[DATA]
+  if global_batch_size % data_size:
+    raise ValueError(f'The global batch size ({global_batch_size}) must be a multiple of the data-parallel devices '
+                     f'({data_size})')
+  return global_batch_size // jax.process_count()
+
+
+def to_host(tree):
+  """numpy copies of (possibly multi-process) arrays: replicated ones read locally, sharded ones gathered."""
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+  def fetch(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(x)
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree.map(fetch, tree)
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+  """The rows of a batch-sharded array that live on this process, in global order (this process's examples)."""
+  shards = {shard.index[0].start or 0: shard for shard in x.addressable_shards}  # model-axis copies collapse
+  return np.concatenate([np.asarray(shards[start].data) for start in sorted(shards)])

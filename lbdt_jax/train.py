@@ -1,0 +1,382 @@
+"""Training: `train_and_evaluate(config, workdir)`.
+
+One jitted `train_step` over a device mesh (lbdt_jax/sharding.py); the whole training state is one pytree
+(`TrainState`) saved by orbax with the data iterator's position, so rerunning the same command resumes where the
+last checkpoint left off, on the same batches. Pure step functions; everything stateful (data, checkpoints,
+writers) lives in the loop.
+"""
+
+import dataclasses
+import functools
+import os
+import time
+from collections.abc import Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec as P
+
+from data_pipeline import glove, input_pipeline, prepare
+from lbdt_jax import checkpointing, convert, evaluate, sharding
+from lbdt_jax.losses import segmentation_loss
+from lbdt_jax.models import LBDT, LBDTConfig
+
+MODEL_INPUTS = ('frame', 'frame_difference', 'word_ids', 'word_mask', 'mask')
+
+
+class NonFiniteError(RuntimeError):
+  """Too many consecutive steps with a NaN/inf loss or gradient."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: dict  # {'model': LBDT parameters, 'word_vectors': [V, word_dim]}
+  batch_stats: dict
+  opt_state: optax.OptState
+  nonfinite_in_row: jax.Array  # updates skipped in a row because of NaN/inf
+  nonfinite_total: jax.Array
+
+
+def model_config(config: ml_collections.ConfigDict) -> LBDTConfig:
+  return LBDTConfig.from_dict(config.model.to_dict())
+
+
+def embed(word_vectors: jax.Array, word_ids: jax.Array) -> jax.Array:
+  """Word vectors of a batch; the pad token stays the zero vector even when the table is trained."""
+  return word_vectors[word_ids] * (word_ids != glove.PAD_ID)[..., None].astype(word_vectors.dtype)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+  """Step decay: the rate is multiplied by `decay_factor` at each of `decay_epochs` (reference: 0.5 at 10, 12, 14)."""
+  optimizer = config.optimizer
+  boundaries = {int(epoch * steps_per_epoch): optimizer.decay_factor for epoch in optimizer.decay_epochs}
+  return optax.piecewise_constant_schedule(optimizer.learning_rate, boundaries)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
+                   train_word_vectors: bool) -> optax.GradientTransformation:
+  """AdamW as the reference code (decoupled decay), or Adam as the paper's text (decay added to the gradient,
+  like torch.optim.Adam's weight_decay). GloVe vectors stay fixed; learned word vectors train with the model."""
+  optimizer = config.optimizer
+  if optimizer.name == 'adamw':
+    base = optax.adamw(schedule, b1=optimizer.b1, b2=optimizer.b2, eps=optimizer.eps,
+                       weight_decay=optimizer.weight_decay)
+  elif optimizer.name == 'adam':
+    base = optax.chain(optax.add_decayed_weights(optimizer.weight_decay),
+                       optax.adam(schedule, b1=optimizer.b1, b2=optimizer.b2, eps=optimizer.eps))
+  else:
+    raise ValueError(f"config.optimizer.name must be 'adamw' or 'adam', got {optimizer.name!r}")
+  if optimizer.grad_clip_norm > 0:
+    base = optax.chain(optax.clip_by_global_norm(optimizer.grad_clip_norm), base)
+  labels = {'model': 'train', 'word_vectors': 'train' if train_word_vectors else 'frozen'}
+  return optax.multi_transform({'train': base, 'frozen': optax.set_to_zero()}, labels)
+
+
+def _tree_all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _forward_loss(model: LBDT, params, batch_stats, batch, key):
+  """(loss, (new batch_stats, loss terms)) of one (micro)batch."""
+  words = embed(params['word_vectors'], batch['word_ids'])
+  logits, updates = model.apply({'params': params['model'], 'batch_stats': batch_stats}, batch['frame'],
+                                batch['frame_difference'], words, batch['word_mask'], train=True,
+                                rngs={'dropout': key}, mutable=['batch_stats'])
+  loss, terms = segmentation_loss(logits.astype(jnp.float32), batch['mask'])
+  return loss, (updates['batch_stats'], terms)
+
+
+def _per_device_forward_loss(model: LBDT, mesh: jax.sharding.Mesh):
+  """The loss with BatchNorm statistics of each device's own examples, like PyTorch DDP without SyncBN; the
+  running statistics are averaged over devices (DDP keeps rank 0's), the loss and gradients over the batch."""
+  def local(params, batch_stats, batch, key):
+    key = jax.random.fold_in(key, jax.lax.axis_index(sharding.DATA))
+    loss, (batch_stats, terms) = _forward_loss(model, params, batch_stats, batch, key)
+    mean = functools.partial(jax.lax.pmean, axis_name=sharding.DATA)
+    return mean(loss), (jax.tree.map(mean, batch_stats), jax.tree.map(mean, terms))
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(sharding.DATA), P()), out_specs=(P(), (P(), P())),
+                       axis_names={sharding.DATA})
+
+
+def train_step(state: TrainState, batch: dict, *, loss_fn: Callable, optimizer: optax.GradientTransformation,
+               schedule: optax.Schedule, dropout_key: jax.Array, accumulation_steps: int):
+  """One optimizer step on a global batch (split into `accumulation_steps` microbatches). An update whose loss or
+  gradients are not finite is skipped: parameters, statistics and optimizer state stay as they were."""
+  key = jax.random.fold_in(dropout_key, state.step)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  if accumulation_steps == 1:
+    (loss, (batch_stats, terms)), grads = grad_fn(state.params, state.batch_stats, batch, key)
+  else:
+    micro = jax.tree.map(lambda x: x.reshape(accumulation_steps, -1, *x.shape[1:]), batch)
+
+    def accumulate(carry, inputs):
+      grads, batch_stats, index = carry
+      (loss, (batch_stats, terms)), step_grads = grad_fn(state.params, batch_stats, inputs,
+                                                         jax.random.fold_in(key, index))
+      return (jax.tree.map(jnp.add, grads, step_grads), batch_stats, index + 1), (loss, terms)
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, batch_stats, _), (losses, terms) = jax.lax.scan(accumulate, (zeros, state.batch_stats, 0), micro)
+    grads = jax.tree.map(lambda g: g / accumulation_steps, grads)
+    loss, terms = losses.mean(), jax.tree.map(jnp.mean, terms)
+
+  finite = jnp.isfinite(loss) & _tree_all_finite(grads)
+
+  def apply_update(_):
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    return optax.apply_updates(state.params, updates), batch_stats, opt_state
+
+  def skip_update(_):
+    return state.params, state.batch_stats, state.opt_state
+
+  # lax.cond rather than a select per leaf: XLA compiles the latter several times slower.
+  params, batch_stats, opt_state = jax.lax.cond(finite, apply_update, skip_update, None)
+  new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+      nonfinite_in_row=jnp.where(finite, 0, state.nonfinite_in_row + 1),
+      nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
+  metrics = {'loss': loss, **terms, 'grad_norm': optax.global_norm(grads), 'learning_rate': schedule(state.step),
+             'skipped_update': (~finite).astype(jnp.float32), 'nonfinite_in_row': new_state.nonfinite_in_row}
+  return new_state, metrics
+
+
+def init_state(config, model: LBDT, optimizer, table: glove.WordTable, key, local_batch: dict) -> TrainState:
+  """A fresh state (pure: used under jax.eval_shape and jit)."""
+  words = jnp.zeros((*local_batch['word_ids'].shape, table.dim), jnp.float32)
+  variables = model.init(key, local_batch['frame'], local_batch['frame_difference'], words,
+                         local_batch['word_mask'])
+  # The table's values are put in by build_trainer (kept out of the compiled init as a constant).
+  params = {'model': variables['params'], 'word_vectors': jnp.zeros(table.vectors.shape, jnp.float32)}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables['batch_stats'],
+                    opt_state=optimizer.init(params), nonfinite_in_row=jnp.zeros((), jnp.int32),
+                    nonfinite_total=jnp.zeros((), jnp.int32))
+
+
+def _initial_weights(config, state: TrainState, optimizer, lbdt_config: LBDTConfig,
+                     table: glove.WordTable) -> TrainState:
+  """ImageNet encoders (torchvision weights) or a whole model (a converted official checkpoint or an export)."""
+  init = config.init
+  if init.checkpoint:
+    _, variables = convert.load_converted(init.checkpoint)
+    logging.info('Initialised the model from %s', init.checkpoint)
+  elif init.imagenet:
+    variables = {'params': state.params['model'], 'batch_stats': state.batch_stats}
+    variables = convert.load_imagenet_backbone(variables, convert.load_state_dict(init.imagenet), lbdt_config)
+    logging.info('Initialised the encoders from ImageNet weights %s', init.imagenet)
+  else:
+    return state
+  params = {**state.params, 'model': variables['params']}
+  exported_table = os.path.join(init.checkpoint, 'word_table.npz') if init.checkpoint else ''
+  if exported_table and os.path.exists(exported_table) and table.trainable:
+    params['word_vectors'] = _carry_over_word_vectors(glove.WordTable.load(exported_table), table,
+                                                      np.asarray(params['word_vectors']))
+  return state.replace(params=params, batch_stats=variables['batch_stats'], opt_state=optimizer.init(params))
+
+
+def _carry_over_word_vectors(source: glove.WordTable, target: glove.WordTable, vectors: np.ndarray) -> np.ndarray:
+  """Learned vectors of the words both tables know, copied from the model we start from."""
+  vectors = vectors.copy()
+  rows = {word: i for i, word in enumerate(source.words)}
+  for i, word in enumerate(target.words):
+    if word in rows and source.dim == vectors.shape[1]:
+      vectors[i] = source.vectors[rows[word]]
+  return vectors
+
+
+@dataclasses.dataclass
+class Trainer:
+  """Everything a run binds together; built by `build_trainer`, used by the loop and by tests."""
+  config: ml_collections.ConfigDict
+  model: LBDT
+  mesh: jax.sharding.Mesh
+  table: glove.WordTable
+  prepared: dict
+  train_iterator: input_pipeline.TrainIterator
+  state: TrainState
+  state_shardings: object
+  step_fn: Callable
+  total_steps: int
+
+
+def prepare_data(config: ml_collections.ConfigDict) -> dict:
+  """The config's data sets, prepared once: process 0 first (shared directories), then the others (their own)."""
+  if jax.process_index() == 0:
+    prepare.prepare(config)
+  multihost_utils.sync_global_devices('data prepared')
+  return prepare.prepare(config)
+
+
+def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
+  prepared = prepare_data(config)
+  table = prepare.word_table(prepared)
+  sentences = input_pipeline.SentenceTable(prepare.sentences(prepared), table, config.max_words)
+  mesh = sharding.make_mesh(config.mesh.model)
+  sharding.local_batch_size(config.train.batch_size, mesh)  # validates divisibility
+  name, split = prepare.parse_dataset_split(config.data.train)
+  train_iterator = input_pipeline.TrainIterator(
+      prepared[name], split, sentences, input_pipeline.Preprocessing.from_config(config),
+      global_batch_size=config.train.batch_size, seed=config.seed, shuffle_buffer=config.data.shuffle_buffer,
+      process_index=jax.process_index(), process_count=jax.process_count(), num_threads=config.data.num_threads)
+  steps_per_epoch = train_iterator.batches_per_epoch
+  total_steps = config.train.num_steps if config.train.num_steps > 0 else config.train.num_epochs * steps_per_epoch
+  if config.train.batch_size % config.train.accumulation_steps:
+    raise ValueError(f'config.train.batch_size ({config.train.batch_size}) must be a multiple of '
+                     f'config.train.accumulation_steps ({config.train.accumulation_steps})')
+
+  lbdt_config = model_config(config)
+  model = LBDT(lbdt_config)
+  schedule = learning_rate_schedule(config, steps_per_epoch)
+  optimizer = make_optimizer(config, schedule, table.trainable)
+  example = {key: np.zeros((1, *shape[1:]), dtype) for key, (shape, dtype) in _input_shapes(config).items()}
+  init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+  init_fn = functools.partial(init_state, config, model, optimizer, table, local_batch=example)
+  abstract_state = jax.eval_shape(init_fn, init_key)
+  state_shardings = sharding.state_shardings(mesh, abstract_state)
+  state = jax.jit(init_fn, out_shardings=state_shardings)(init_key)
+  word_vectors = jax.device_put(table.vectors, state_shardings.params['word_vectors'])
+  state = state.replace(params={**state.params, 'word_vectors': word_vectors})
+  if config.init.checkpoint or config.init.imagenet:
+    state = jax.device_put(_initial_weights(config, sharding.to_host(state), optimizer, lbdt_config, table),
+                           state_shardings)
+
+  if config.train.batch_norm == 'per_device':
+    loss_fn = _per_device_forward_loss(model, mesh)
+  elif config.train.batch_norm == 'global':
+    loss_fn = functools.partial(_forward_loss, model)
+  else:
+    raise ValueError(f"config.train.batch_norm must be 'global' or 'per_device', got {config.train.batch_norm!r}")
+  step = functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
+                           dropout_key=dropout_key, accumulation_steps=config.train.accumulation_steps)
+  batch_shardings = {key: sharding.batch_sharding(mesh) for key in MODEL_INPUTS}
+  step_fn = jax.jit(step, in_shardings=(state_shardings, batch_shardings),
+                    out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+  return Trainer(config, model, mesh, table, prepared, train_iterator, state, state_shardings, step_fn,
+                 total_steps)
+
+
+def _input_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  h, w, n = config.input_height, config.input_width, config.max_words
+  return {'frame': ((1, h, w, 3), np.float32), 'frame_difference': ((1, h, w, 3), np.float32),
+          'word_ids': ((1, n), np.int32), 'word_mask': ((1, n), np.int32)}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from workdir's latest checkpoint), evaluates periodically and at the end, exports the
+  parameters to workdir/export. Returns the final evaluation results."""
+  workdir = os.path.abspath(workdir)
+  trainer = build_trainer(config)
+  manager = checkpointing.manager(workdir, config)
+  state, restored_step = checkpointing.restore_latest(manager, trainer.state, trainer.state_shardings,
+                                                      trainer.train_iterator)
+  if restored_step is not None:
+    logging.info('Resuming from step %d (%s)', restored_step, manager.directory)
+    print(f'Resuming from the checkpoint of step {restored_step}', flush=True)
+  start_step = int(sharding.to_host(state.step))
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+  hooks = [periodic_actions.ReportProgress(num_train_steps=trainer.total_steps, writer=writer,
+                                           every_steps=config.train.log_every_steps)]
+  if config.train.profile and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5, first_profile=start_step + 10))
+  progress = _ProgressBar(trainer.total_steps, start_step)
+  pending, history = None, []
+  results = {}
+  try:
+    for step in range(start_step + 1, trainer.total_steps + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        batch = next(trainer.train_iterator)
+        batch = sharding.global_batch({key: batch[key] for key in MODEL_INPUTS}, trainer.mesh)
+        state, metrics = trainer.step_fn(state, batch)
+      if pending is not None:  # look at the previous step's result while this one runs
+        _check_finite(pending, config, step - 1)
+      pending = metrics.pop('nonfinite_in_row')  # the state's own copy is donated to the next step
+      history.append(metrics)
+      for hook in hooks:
+        hook(step)
+      if step % config.train.log_every_steps == 0 or step == trainer.total_steps:
+        summary = _summarise(history)
+        history = []
+        writer.write_scalars(step, summary)
+        progress.update(step, summary)
+      if step % config.train.checkpoint_every_steps == 0 or step == trainer.total_steps:
+        checkpointing.save(manager, step, state, trainer.train_iterator)
+      if config.train.eval_every_steps and step % config.train.eval_every_steps == 0 and step < trainer.total_steps:
+        results = evaluate.evaluate_trained(config, trainer, state, writer, step, workdir)
+    _check_finite(pending, config, trainer.total_steps)
+    progress.close()
+    results = evaluate.evaluate_trained(config, trainer, state, writer, trainer.total_steps, workdir,
+                                        final=True)
+    checkpointing.export(os.path.join(workdir, 'export'), config, model_config(config), state, trainer.table)
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+  return results
+
+
+def _check_finite(nonfinite_in_row, config, step: int) -> None:
+  if nonfinite_in_row is None:
+    return
+  in_row = int(sharding.to_host(nonfinite_in_row))
+  if in_row:
+    logging.warning('Step %d: loss or gradients not finite, update skipped (%d in a row)', step, in_row)
+  if in_row >= config.train.max_nonfinite_in_row:
+    raise NonFiniteError(f'{in_row} consecutive steps up to step {step} had a NaN/inf loss or gradient; stopping. '
+                         'The last checkpoint holds the last good parameters (skipped updates never reach them). '
+                         'Lower config.optimizer.learning_rate or set config.optimizer.grad_clip_norm.')
+
+
+def _summarise(history: list[dict]) -> dict[str, float]:
+  host = sharding.to_host(history)
+  summary = {key: float(np.mean([m[key] for m in host])) for key in host[0]}
+  summary['skipped_updates'] = float(np.sum([m['skipped_update'] for m in host]))
+  del summary['skipped_update']
+  return summary
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value if isinstance(value, (int, float, str, bool)) else str(value)
+  return flat
+
+
+class _ProgressBar:
+  """A console line with step, loss and an ETA that leaves compilation out."""
+
+  def __init__(self, total: int, start: int):
+    self.total, self.start = total, start
+    self.first_time, self.first_step = None, None
+    self.enabled = jax.process_index() == 0
+
+  def update(self, step: int, summary: dict) -> None:
+    if not self.enabled:
+      return
+    now = time.time()
+    if self.first_time is None:
+      self.first_time, self.first_step = now, step
+      eta = '?'
+    else:
+      rate = (now - self.first_time) / (step - self.first_step)
+      eta = f'{rate * (self.total - step) / 60:.1f} min'
+    done = (step - self.start) / max(1, self.total - self.start)
+    bar = '#' * int(30 * done) + '.' * (30 - int(30 * done))
+    print(f'\r[{bar}] step {step}/{self.total}  loss {summary["loss"]:.4f}  lr {summary["learning_rate"]:.2e}  '
+          f'ETA {eta}   ', end='', flush=True)
+
+  def close(self) -> None:
+    if self.enabled:
+      print(flush=True)

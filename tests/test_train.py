@@ -1,0 +1,193 @@
+"""The trainer on the tiny config: outputs, resumption (also after kill -9), NaN handling, devices and processes."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import ROOT
+from configs import tiny
+from lbdt_jax import checkpointing, sharding, train
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """The tiny synthetic set, prepared once for every test here (and for the worker processes)."""
+  from data_pipeline import prepare  # pylint: disable=import-outside-toplevel
+  path = tmp_path_factory.mktemp('tfds')
+  config = tiny.get_config()
+  config.data.data_dir = str(path)
+  prepare.prepare(config)
+  return str(path)
+
+
+def tiny_config(data_dir, **train_overrides):
+  config = tiny.get_config()
+  config.data.data_dir = data_dir
+  config.train.update(train_overrides)
+  return config
+
+
+@pytest.fixture(scope='module')
+def finished_run(data_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('run')
+  results = train.train_and_evaluate(tiny_config(data_dir), str(workdir))
+  return workdir, results
+
+
+def test_run_writes_checkpoints_export_logs_and_results(finished_run):
+  workdir, results = finished_run
+  assert sorted(int(p) for p in os.listdir(workdir / 'checkpoints') if p.isdigit()) == [2, 4, 6]
+  for name in ('model_config.json', 'word_table.npz', 'config.json'):
+    assert (workdir / 'export' / name).is_file()
+  assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
+  validation = results['synthetic_rvos:validation']
+  assert validation['num_samples'] > 0 and 0.0 <= validation['mean_IoU'] <= 1.0
+  assert set(validation['per_cue']) <= {'appearance', 'motion', 'both'} and validation['per_cue']
+  assert 'coco_mAP' in validation
+  saved = json.loads((workdir / 'eval' / 'step_6' / 'results.json').read_text())
+  assert saved['synthetic_rvos:validation']['mean_IoU'] == pytest.approx(validation['mean_IoU'])
+
+
+def test_rerun_resumes_from_the_last_checkpoint(finished_run, data_dir, capsys):
+  workdir, _ = finished_run
+  train.train_and_evaluate(tiny_config(data_dir, num_steps=8), str(workdir))
+  assert 'Resuming from the checkpoint of step 6' in capsys.readouterr().out
+  assert 8 in {int(p) for p in os.listdir(workdir / 'checkpoints') if p.isdigit()}
+
+
+def _command(data_dir, workdir, steps):
+  return [sys.executable, 'main.py', '--config=configs/tiny.py', f'--workdir={workdir}',
+          f'--config.data.data_dir={data_dir}', f'--config.train.num_steps={steps}',
+          '--config.train.checkpoint_every_steps=20', '--config.train.log_every_steps=10']
+
+
+def _final_state(workdir, step):
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(os.path.join(workdir, 'checkpoints', str(step), 'state'))
+
+
+def test_kill_9_then_resume_is_bit_identical(data_dir, tmp_path):
+  steps = 60
+  straight = subprocess.run(_command(data_dir, tmp_path / 'straight', steps), cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+  assert straight.returncode == 0, straight.stderr[-3000:]
+
+  killed = subprocess.Popen(_command(data_dir, tmp_path / 'killed', steps), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first_checkpoint = tmp_path / 'killed' / 'checkpoints' / '20'
+  deadline = time.time() + 300
+  while not first_checkpoint.is_dir() and killed.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  assert killed.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
+  assert not (tmp_path / 'killed' / 'checkpoints' / str(steps)).exists()
+
+  resumed = subprocess.run(_command(data_dir, tmp_path / 'killed', steps), cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resuming from the checkpoint of step' in resumed.stdout
+  expected, actual = _final_state(tmp_path / 'straight', steps), _final_state(tmp_path / 'killed', steps)
+  jax.tree.map(np.testing.assert_array_equal, actual, expected)
+
+
+def test_nonfinite_updates_are_skipped_and_counted(data_dir):
+  trainer = train.build_trainer(tiny_config(data_dir))
+  batch = {k: v for k, v in next(trainer.train_iterator).items() if k in train.MODEL_INPUTS}
+  batch['frame'] = batch['frame'].copy()
+  batch['frame'][0, 0, 0, 0] = np.nan
+  before = sharding.to_host(trainer.state)
+  state, metrics = trainer.step_fn(trainer.state, sharding.global_batch(batch, trainer.mesh))
+  after = sharding.to_host(state)
+  jax.tree.map(np.testing.assert_array_equal, after.params, before.params)
+  jax.tree.map(np.testing.assert_array_equal, after.batch_stats, before.batch_stats)
+  assert (after.step, after.nonfinite_in_row, after.nonfinite_total) == (1, 1, 1)
+  assert float(metrics['skipped_update']) == 1.0
+  config = tiny_config(data_dir, max_nonfinite_in_row=3)
+  train._check_finite(metrics['nonfinite_in_row'], config, 1)  # one in a row: only a warning
+  with pytest.raises(train.NonFiniteError, match='3 consecutive steps'):
+    train._check_finite(np.int32(3), config, 7)
+
+
+def test_schedule_halves_at_the_decay_epochs():
+  config = tiny.get_config()
+  config.optimizer.update(learning_rate=1e-4, decay_epochs=(10, 12, 14), decay_factor=0.5)
+  schedule = train.learning_rate_schedule(config, steps_per_epoch=100)
+  rates = [float(schedule(step)) for step in (0, 999, 1000, 1199, 1200, 1400, 1500)]
+  np.testing.assert_allclose(rates, [1e-4, 1e-4, 5e-5, 5e-5, 2.5e-5, 1.25e-5, 1.25e-5])
+
+
+@pytest.mark.parametrize('name', ['adamw', 'adam'])
+def test_fixed_word_vectors_stay_fixed(name):
+  config = tiny.get_config()
+  config.optimizer.name = name
+  params = {'model': {'w': np.ones(3, np.float32)}, 'word_vectors': np.ones((4, 2), np.float32)}
+  grads = jax.tree.map(np.ones_like, params)
+  for trainable in (False, True):
+    optimizer = train.make_optimizer(config, optax.constant_schedule(0.1), trainable)
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    assert np.any(updates['model']['w'] != 0)
+    assert np.any(updates['word_vectors'] != 0) == trainable
+
+
+def run_worker(data_dir, *args, env=None, timeout=600):
+  result = subprocess.run([sys.executable, 'tests/train_worker.py', f'--data-dir={data_dir}', *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+  assert result.returncode == 0, result.stderr[-4000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_eight_devices_match_one_without_recompiling(data_dir, tmp_path):
+  one = run_worker(data_dir, '--devices=1')
+  eight = run_worker(data_dir, '--devices=8')
+  assert eight['devices'] == 8 and eight['compilations'] == 1 and one['compilations'] == 1
+  np.testing.assert_allclose(eight['losses'], one['losses'], rtol=1e-5)
+  for name, value in one['params'].items():
+    np.testing.assert_allclose(eight['params'][name], value, rtol=1e-5, atol=1e-5, err_msg=name)
+  per_device = run_worker(data_dir, '--devices=8', '--batch-norm=per_device')
+  assert np.isfinite(per_device['losses']).all()
+  assert per_device['losses'][0] != pytest.approx(one['losses'][0], rel=1e-6)  # BN over 1 example, not 8
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_and_their_checkpoint_restores_in_one(data_dir, tmp_path):
+  env = {**os.environ, 'XLA_FLAGS': ''}
+  coordinator = f'localhost:{_free_port()}'
+  workers = [subprocess.Popen([sys.executable, 'tests/train_worker.py', f'--data-dir={data_dir}', '--devices=2',
+                               f'--coordinator={coordinator}', '--num-processes=2', f'--process-id={i}',
+                               f'--workdir={tmp_path / "run"}'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [w.communicate(timeout=600) for w in workers]
+  for worker, (_, stderr) in zip(workers, outputs):
+    assert worker.returncode == 0, stderr[-4000:]
+  results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+  assert results[0]['processes'] == 2 and results[0]['devices'] == 4
+  single = run_worker(data_dir, '--devices=1', env=env)
+  np.testing.assert_allclose(results[0]['losses'], single['losses'], rtol=1e-5)
+
+  config = tiny_config(data_dir)
+  trainer = train.build_trainer(config)
+  manager = checkpointing.manager(str(tmp_path / 'run'), config)
+  state, step = checkpointing.restore_latest(manager, trainer.state, trainer.state_shardings,
+                                             trainer.train_iterator)
+  manager.close()
+  assert step == 3 and int(sharding.to_host(state.step)) == 3
+  restored = sharding.to_host(state.params)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(restored):
+    name = '/'.join(str(k.key) for k in path)
+    np.testing.assert_allclose(np.sum(np.asarray(leaf, np.float64)), results[0]['params'][name], rtol=1e-6)

@@ -1,0 +1,73 @@
+"""A few training steps of the tiny config in a fresh process (simulated devices, or one of several processes).
+
+  python tests/train_worker.py --data-dir D --workdir W --devices 8 [--batch-norm per_device] [--steps 3]
+      [--coordinator localhost:PORT --num-processes 2 --process-id 0]
+
+Prints one JSON line: the losses, the step function's compilation count, and parameter checksums; with --workdir
+it also saves a checkpoint of the final state there.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+parser = argparse.ArgumentParser()
+parser.add_argument('--data-dir', required=True)
+parser.add_argument('--workdir')
+parser.add_argument('--devices', type=int, default=1)
+parser.add_argument('--steps', type=int, default=3)
+parser.add_argument('--batch-size', type=int, default=8)
+parser.add_argument('--batch-norm', default='global')
+parser.add_argument('--coordinator')
+parser.add_argument('--num-processes', type=int, default=1)
+parser.add_argument('--process-id', type=int, default=0)
+args = parser.parse_args()
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           f' --xla_force_host_platform_device_count={args.devices}').strip()
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+if args.coordinator:
+  jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+
+from configs import tiny  # noqa: E402
+from data_pipeline import input_pipeline, prepare  # noqa: E402
+from lbdt_jax import checkpointing, sharding, train  # noqa: E402
+
+config = tiny.get_config()
+config.data.data_dir = args.data_dir
+config.train.batch_size = args.batch_size
+config.train.batch_norm = args.batch_norm
+trainer = train.build_trainer(config)
+# Every process reads the global batches a single process would read and keeps its rows, so that runs with any
+# number of processes see the same data.
+name, split = prepare.parse_dataset_split(config.data.train)
+global_batches = input_pipeline.TrainIterator(
+    trainer.prepared[name], split,
+    input_pipeline.SentenceTable(prepare.sentences(trainer.prepared), trainer.table, config.max_words),
+    input_pipeline.Preprocessing.from_config(config), global_batch_size=args.batch_size, seed=config.seed)
+rows = slice(jax.process_index() * args.batch_size // jax.process_count(),
+             (jax.process_index() + 1) * args.batch_size // jax.process_count())
+state, losses = trainer.state, []
+for _ in range(args.steps):
+  batch = next(global_batches)
+  state, metrics = trainer.step_fn(state, sharding.global_batch({k: batch[k][rows] for k in train.MODEL_INPUTS},
+                                                                 trainer.mesh))
+  losses.append(float(sharding.to_host(metrics['loss'])))
+if args.workdir:
+  manager = checkpointing.manager(args.workdir, config)
+  checkpointing.save(manager, args.steps, state, trainer.train_iterator)
+  manager.wait_until_finished()
+  manager.close()
+params = sharding.to_host(state.params)
+print(json.dumps({
+    'losses': losses,
+    'compilations': trainer.step_fn._cache_size(),  # pylint: disable=protected-access
+    'devices': jax.device_count(),
+    'processes': jax.process_count(),
+    'params': {'/'.join(str(k.key) for k in path): float(np.sum(np.asarray(leaf, np.float64)))
+               for path, leaf in jax.tree_util.tree_leaves_with_path(params)},
+}))
