@@ -22,6 +22,11 @@ parser.add_argument('--batch-norm', default='global')
 parser.add_argument('--coordinator')
 parser.add_argument('--num-processes', type=int, default=1)
 parser.add_argument('--process-id', type=int, default=0)
+parser.add_argument('--adam-eps', type=float, default=1e-8)
+parser.add_argument('--model-axis', type=int, default=1)
+parser.add_argument('--accumulation-steps', type=int, default=1)
+parser.add_argument('--dtype', default='float32')
+parser.add_argument('--params-out', help='write the final parameters here (.npz)')
 args = parser.parse_args()
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            f' --xla_force_host_platform_device_count={args.devices}').strip()
@@ -41,6 +46,10 @@ config = tiny.get_config()
 config.data.data_dir = args.data_dir
 config.train.batch_size = args.batch_size
 config.train.batch_norm = args.batch_norm
+config.optimizer.eps = args.adam_eps
+config.mesh.model = args.model_axis
+config.train.accumulation_steps = args.accumulation_steps
+config.model.dtype = args.dtype
 trainer = train.build_trainer(config)
 # Every process reads the global batches a single process would read and keeps its rows, so that runs with any
 # number of processes see the same data.
@@ -63,11 +72,13 @@ if args.workdir:
   manager.wait_until_finished()
   manager.close()
 params = sharding.to_host(state.params)
+flat = {'/'.join(str(k.key) for k in path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+if args.params_out and jax.process_index() == 0:
+  np.savez(args.params_out, **flat)
 print(json.dumps({
     'losses': losses,
     'compilations': trainer.step_fn._cache_size(),  # pylint: disable=protected-access
     'devices': jax.device_count(),
     'processes': jax.process_count(),
-    'params': {'/'.join(str(k.key) for k in path): float(np.sum(np.asarray(leaf, np.float64)))
-               for path, leaf in jax.tree_util.tree_leaves_with_path(params)},
+    'params': {name: float(np.sum(leaf, dtype=np.float64)) for name, leaf in flat.items()},
 }))
