@@ -60,9 +60,11 @@ def test_run_writes_checkpoints_export_logs_and_results(finished_run):
 
 def test_rerun_resumes_from_the_last_checkpoint(finished_run, data_dir, capsys):
   workdir, _ = finished_run
-  train.train_and_evaluate(tiny_config(data_dir, num_steps=8), str(workdir))
+  train.train_and_evaluate(tiny_config(data_dir, num_steps=8, eval_every_steps=7), str(workdir))
   assert 'Resuming from the checkpoint of step 6' in capsys.readouterr().out
   assert 8 in {int(p) for p in os.listdir(workdir / 'checkpoints') if p.isdigit()}
+  assert (workdir / 'eval' / 'step_7' / 'results.json').is_file()  # the periodic evaluation
+  assert (workdir / 'eval' / 'step_8' / 'results.json').is_file()  # the final one
 
 
 def _command(data_dir, workdir, steps):
