@@ -10,17 +10,31 @@ Multi-host: start the same command on every host with --coordinator=host0:1234 -
 (or let JAX discover them on SLURM / Cloud TPU with --distributed).
 """
 
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/default.py', 'Configuration file (configs/*.py[:options]).')
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results (not used by --mode=prepare).')
-flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'prepare', 'convert'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict', 'export', 'prepare', 'convert'], 'What to do.')
 flags.DEFINE_bool('rebuild_word_tables', False, '--mode=prepare: write the word tables again (e.g. after '
                   'setting --config.data.glove_path).')
 flags.DEFINE_string('checkpoint', None, '--mode=convert: an official LBDT state dict or a torchvision ResNet '
                     '(.pth/.ckpt/.npz); written as a model directory to WORKDIR.')
+flags.DEFINE_string('video', None, '--mode=predict: a video file or a folder of frames.')
+flags.DEFINE_multi_string('sentence', None, '--mode=predict: a referring sentence (repeat for several).')
+flags.DEFINE_string('output', None, '--mode=predict: output folder (default WORKDIR/predictions); '
+                    '--mode=export: model directory (default WORKDIR/export).')
+flags.DEFINE_string('model', None, '--mode=predict: a model directory (default: --config.init.checkpoint, else '
+                    'WORKDIR/export).')
+flags.DEFINE_integer('batch_size', 8, '--mode=predict: frames per call.')
+flags.DEFINE_bool('attention', False, '--mode=predict: also draw the words\' attention maps (paper Fig. 6).')
+flags.DEFINE_integer('attention_stage', 5, '--mode=predict --attention: encoder stage (4 or 5).')
+flags.DEFINE_integer('attention_layer', 0, '--mode=predict --attention: LBDT layer within the stage.')
+flags.DEFINE_list('attention_frames', [], '--mode=predict --attention: frame indices (default: frame δ).')
+flags.DEFINE_string('glove_path', None, '--mode=predict: GloVe file to look up words a GloVe model lacks.')
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (auto-detected cluster).')
 flags.DEFINE_string('coordinator', None, 'Multi-host: address:port of process 0.')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
@@ -37,9 +51,21 @@ def main(argv):
   if FLAGS.distributed or FLAGS.coordinator:
     sharding.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   from data_pipeline import prepare  # pylint: disable=import-outside-toplevel
-  from lbdt_jax import convert, evaluate, train  # pylint: disable=import-outside-toplevel
+  from lbdt_jax import convert, evaluate, predict, train  # pylint: disable=import-outside-toplevel
   if FLAGS.mode == 'prepare':
     print(prepare.describe(prepare.prepare(FLAGS.config, FLAGS.rebuild_word_tables)))
+    return
+  if FLAGS.mode == 'predict':
+    workdir = FLAGS.workdir
+    model_dir = FLAGS.model or FLAGS.config.init.checkpoint or (workdir and os.path.join(workdir, 'export'))
+    output = FLAGS.output or (workdir and os.path.join(workdir, 'predictions'))
+    if not (FLAGS.video and FLAGS.sentence and model_dir and output):
+      raise app.UsageError('--mode=predict needs --video, at least one --sentence, and --model and --output '
+                           '(or --workdir of a trained run)')
+    predict.predict(model_dir, FLAGS.video, FLAGS.sentence, output, batch_size=FLAGS.batch_size,
+                    attention=FLAGS.attention, attention_stage=FLAGS.attention_stage,
+                    attention_layer=FLAGS.attention_layer,
+                    attention_frames=tuple(int(f) for f in FLAGS.attention_frames), glove_path=FLAGS.glove_path)
     return
   if not FLAGS.workdir:
     raise app.UsageError(f'--mode={FLAGS.mode} needs --workdir')
@@ -47,6 +73,8 @@ def main(argv):
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   elif FLAGS.mode == 'evaluate':
     evaluate.evaluate(FLAGS.config, FLAGS.workdir)
+  elif FLAGS.mode == 'export':
+    train.export_model(FLAGS.config, FLAGS.workdir, FLAGS.output)
   elif FLAGS.mode == 'convert':
     if not FLAGS.checkpoint:
       raise app.UsageError('--mode=convert needs --checkpoint')

@@ -93,6 +93,16 @@ def _normalise(image: tf.Tensor) -> tf.Tensor:
   return (image / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
+def _resize(images: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+  """Frames to the model's input size (float32 0..255): bilinear, antialiased when shrinking, like PIL's resize."""
+  return tf.image.resize(tf.cast(images, tf.float32), size, 'bilinear', antialias=True)
+
+
+def normalised_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+  """uint8 RGB frames [F, h, w, 3] → the model's normalised input [F, height, width, 3] (for prediction)."""
+  return _normalise(_resize(frames, (height, width))).numpy().astype(np.float32)
+
+
 def _decode_image(encoded: tf.Tensor, channels: int) -> tf.Tensor:
   return tf.io.decode_image(encoded, channels=channels, expand_animations=False)
 
@@ -101,9 +111,8 @@ def preprocess(example: dict, sentence_table: SentenceTable, options: Preprocess
                flip_seed: tf.Tensor | None = None) -> dict:
   """Decode, resize, normalise, frame difference, tokens; `flip_seed` (stateless, per example) enables flips."""
   size = (options.height, options.width)
-  frame = tf.image.resize(tf.cast(_decode_image(example['frame'], 3), tf.float32), size, 'bilinear', antialias=True)
-  previous = tf.image.resize(tf.cast(_decode_image(example['prev_frame'], 3), tf.float32), size, 'bilinear',
-                             antialias=True)
+  frame = _resize(_decode_image(example['frame'], 3), size)
+  previous = _resize(_decode_image(example['prev_frame'], 3), size)
   orig_mask = _decode_image(example['mask'], 1)
   if options.mask_resize == 'nearest':
     mask = tf.image.resize(orig_mask, size, 'nearest')

@@ -1,7 +1,7 @@
-"""Checkpoints (orbax): the train state and the data iterator's position, saved together; params-only export.
+"""Checkpoints (orbax): the train state and the data iterator's position, saved together; the model directory.
 
   workdir/checkpoints/<step>/{state, data}   resumable training checkpoints (CheckpointManager, async saves)
-  workdir/export/                            variables + model_config.json + word_table.npz + config.json
+  workdir/export/                            a self-contained model directory (see `export`)
 
 Restoring takes the target shardings from the caller, so a checkpoint restores onto any number of devices or
 processes.
@@ -54,14 +54,34 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings, iterato
   return restored['state'], step
 
 
+MANIFEST_FILE = 'manifest.json'
+MANIFEST_FORMAT = 1
+
+
 def export(directory: str, config: ml_collections.ConfigDict, model_config: LBDTConfig, state,
-           table: glove.WordTable) -> None:
-  """Inference-only copy: model variables, model config, the word table (trained vectors if learned), config."""
+           table: glove.WordTable, step: int | None = None) -> None:
+  """A self-contained model directory: `variables/` (params-only orbax checkpoint), `model_config.json`,
+  `word_table.npz` (trained vectors if learned), `config.json` and `manifest.json` (variant, input size, δ,
+  words, version). `lbdt_jax.predict.load_model` reads it back."""
   variables = {'params': state.params['model'], 'batch_stats': state.batch_stats}
+  vectors = sharding.to_host(state.params['word_vectors'])
+  write_model_directory(directory, config, model_config, variables, glove.WordTable(
+      table.words, np.asarray(vectors, np.float32), table.trainable), step)
+
+
+def write_model_directory(directory: str, config: ml_collections.ConfigDict, model_config: LBDTConfig, variables,
+                          table: glove.WordTable, step: int | None = None) -> None:
+  from lbdt_jax import __version__  # pylint: disable=import-outside-toplevel
   convert.save_converted(directory, model_config, variables)
-  if jax.process_index() == 0:
-    vectors = sharding.to_host(state.params['word_vectors'])
-    glove.WordTable(table.words, np.asarray(vectors, np.float32), table.trainable).save(
-        os.path.join(directory, 'word_table.npz'))
-    with open(os.path.join(directory, 'config.json'), 'w') as f:
-      json.dump(json.loads(config.to_json_best_effort()), f, indent=2)
+  if jax.process_index() != 0:
+    return
+  table.save(os.path.join(directory, 'word_table.npz'))
+  with open(os.path.join(directory, 'config.json'), 'w') as f:
+    json.dump(json.loads(config.to_json_best_effort()), f, indent=2)
+  manifest = {
+      'format': MANIFEST_FORMAT, 'lbdt_jax_version': __version__, 'variant': f'LBDT-{model_config.num_lbdt_layers}',
+      'lbdt_stages': list(model_config.lbdt_stages), 'input_size': [config.input_height, config.input_width],
+      'delta': config.data.delta, 'max_words': config.max_words, 'word_vectors': 'learned' if table.trainable
+      else 'glove', 'vocabulary_size': len(table.words), 'step': step, 'trained_on': config.data.train}
+  with open(os.path.join(directory, MANIFEST_FILE), 'w') as f:
+    json.dump(manifest, f, indent=2)

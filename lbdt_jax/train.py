@@ -317,7 +317,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     progress.close()
     results = evaluate.evaluate_trained(config, trainer, state, writer, trainer.total_steps, workdir,
                                         final=True)
-    checkpointing.export(os.path.join(workdir, 'export'), config, model_config(config), state, trainer.table)
+    checkpointing.export(os.path.join(workdir, 'export'), config, model_config(config), state, trainer.table,
+                         trainer.total_steps)
   finally:
     manager.wait_until_finished()
     manager.close()
@@ -381,3 +382,28 @@ class _ProgressBar:
   def close(self) -> None:
     if self.enabled:
       print(flush=True)
+
+
+def export_model(config: ml_collections.ConfigDict, workdir: str, output_dir: str | None = None) -> str:
+  """`--mode=export`: the latest checkpoint of workdir, or the model directory of config.init.checkpoint (e.g. a
+  converted official checkpoint, given the word table of config.data), as a self-contained model directory."""
+  workdir = os.path.abspath(workdir)
+  output_dir = os.path.abspath(output_dir or os.path.join(workdir, 'export'))
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  if config.data.train and os.path.isdir(checkpoints) and os.listdir(checkpoints):
+    trainer = build_trainer(config)
+    manager = checkpointing.manager(workdir, config)
+    state, step = checkpointing.restore_latest(manager, trainer.state, trainer.state_shardings)
+    manager.close()
+    if step is not None:
+      checkpointing.export(output_dir, config, model_config(config), state, trainer.table, step)
+      print(f'Exported the checkpoint of step {step} to {output_dir}')
+      return output_dir
+  if not config.init.checkpoint:
+    raise FileNotFoundError(f'Nothing to export: {workdir} has no checkpoint and --config.init.checkpoint is not set')
+  lbdt_config, variables = convert.load_converted(config.init.checkpoint)
+  table = prepare.word_table(prepare_data(config))
+  checkpointing.write_model_directory(output_dir, config, lbdt_config, variables, table)
+  print(f'Exported {config.init.checkpoint} with the word table of {", ".join(prepare.dataset_names(config))} '
+        f'to {output_dir}')
+  return output_dir

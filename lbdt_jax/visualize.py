@@ -16,6 +16,11 @@ def denormalise(frame: np.ndarray) -> np.ndarray:
   return np.clip((frame * IMAGENET_STD + IMAGENET_MEAN) * 255.0, 0, 255).round().astype(np.uint8)
 
 
+def difference_image(difference: np.ndarray, gain: float = 2.0) -> np.ndarray:
+  """A (normalised) frame difference [H, W, 3] as a viewable uint8 image, brightened by `gain`."""
+  return np.clip(difference * IMAGENET_STD * 255.0 * gain, 0, 255).round().astype(np.uint8)
+
+
 def overlay(image: np.ndarray, mask: np.ndarray, colour=COLOURS[0], alpha: float = 0.5) -> np.ndarray:
   """The mask tinted over the image, with its outline."""
   mask = mask.astype(bool)

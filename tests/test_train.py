@@ -220,3 +220,30 @@ def test_training_can_start_from_a_model_directory(finished_run, data_dir):
   jax.tree.map(np.testing.assert_array_equal, sharding.to_host(trainer.state.params['model']),
                sharding.to_host(exported['params']))
   assert int(sharding.to_host(trainer.state.step)) == 0  # a new run: fresh optimizer and step
+
+
+def test_export_from_the_latest_checkpoint_round_trips(finished_run, data_dir, tmp_path):
+  from lbdt_jax import predict  # pylint: disable=import-outside-toplevel
+  workdir, _ = finished_run
+  config = tiny_config(data_dir)
+  output = train.export_model(config, str(workdir), str(tmp_path / 'model'))
+  loaded = predict.load_model(output)
+  latest = max(int(p) for p in os.listdir(workdir / 'checkpoints') if p.isdigit())
+  assert loaded.manifest['step'] == latest and loaded.manifest['input_size'] == [64, 64]
+  state = _final_state(workdir, latest)
+  rng = np.random.default_rng(1)
+  frame = rng.standard_normal((2, 64, 64, 3)).astype(np.float32)
+  ids = rng.integers(0, len(loaded.table.words), (2, 6)).astype(np.int32)
+  words_expected = np.asarray(state['params']['word_vectors'])[ids] * (ids != 0)[..., None]
+  words_actual = loaded.table.vectors[ids] * (ids != 0)[..., None]
+  model = train.LBDT(loaded.model_config)
+  expected = model.apply({'params': state['params']['model'], 'batch_stats': state['batch_stats']}, frame,
+                         np.abs(frame), words_expected, np.ones((2, 6), np.int32))
+  actual = model.apply(loaded.variables, frame, np.abs(frame), words_actual, np.ones((2, 6), np.int32))
+  np.testing.assert_array_equal(np.asarray(actual), np.asarray(expected))
+
+  converted = tiny_config(data_dir)  # a model directory without checkpoints, e.g. a converted official one
+  converted.data.train = ''
+  converted.init.checkpoint = output
+  again = predict.load_model(train.export_model(converted, str(tmp_path / 'elsewhere'), str(tmp_path / 'again')))
+  jax.tree.map(np.testing.assert_array_equal, again.variables, loaded.variables)

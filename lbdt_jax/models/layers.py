@@ -153,6 +153,7 @@ class MultiHeadAttention(nn.Module):
     if key_mask is not None:
       logits = jnp.where(key_mask[:, None, None, :], logits, -jnp.inf)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    self.sow('intermediates', 'attention_weights', weights)  # [B, heads, queries, keys]
     weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(*query.shape[:-1], dim)
     return Dense(dim, dtype=self.dtype, name='out')(out)
