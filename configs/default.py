@@ -70,6 +70,9 @@ def get_config(options: str = 'lbdt4') -> ml_collections.ConfigDict:
       'batch_size': 8,
       'protocol': 'original',  # score at the original frame size; 'reference' = the official eval.py
       'pictures': 0,  # > 0: draw this many predictions (and a clip) into workdir/pictures
+      'attention_maps': False,  # with pictures: the first one's word attention maps (paper Fig. 6)
+      'attention_stage': 5,
+      'attention_layer': 0,
   })
   config.mesh = ml_collections.ConfigDict({'model': 1})  # > 1: shard parameters over a 'model' axis too
   config.init = ml_collections.ConfigDict({

@@ -19,5 +19,5 @@ def get_config(options: str = 'lbdt1'):
       'train': 240, 'validation': 24, 'test': 24, 'test_compositional': 24}}
   config.train.update(batch_size=8, num_epochs=10, log_every_steps=50, checkpoint_every_steps=500)
   config.optimizer.update(learning_rate=1e-3, decay_epochs=(7, 9))
-  config.eval.update(batch_size=16, pictures=8)
+  config.eval.update(batch_size=16, pictures=8, attention_maps=True)
   return config

@@ -28,7 +28,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from pycocotools import mask as mask_utils
 
-from data_pipeline import glove, input_pipeline, prepare
+from data_pipeline import glove, input_pipeline, prepare, tokenizer
 from lbdt_jax import metrics, sharding, visualize
 
 MODEL_INPUTS = ('frame', 'frame_difference', 'word_ids', 'word_mask')
@@ -134,6 +134,7 @@ class _Pictures:
 
   def __init__(self, count: int):
     self.count, self.stills, self.clip, self.clip_key = count, [], [], None
+    self.first_inputs = None  # model inputs of the first still, for its attention maps
 
   def add(self, batch: dict, probabilities: np.ndarray) -> None:
     for i in np.flatnonzero(batch['valid']):
@@ -147,6 +148,8 @@ class _Pictures:
         self.clip.append((int(batch['frame_index'][i]), image, prediction, caption))
       if len(self.stills) < self.count and key not in {s[0] for s in self.stills}:
         self.stills.append((key, image, prediction, caption))
+        if self.first_inputs is None:
+          self.first_inputs = {name: batch[name][i:i + 1] for name in MODEL_INPUTS}
 
   def save(self, directory: str) -> list[str]:
     if not self.stills:
@@ -160,6 +163,21 @@ class _Pictures:
     frames = [np.pad(f, ((0, height - f.shape[0]), (0, 0), (0, 0))) for f in frames]
     paths.append(visualize.save_gif(os.path.join(directory, 'clip.gif'), frames))
     return paths
+
+  def save_attention(self, directory: str, model, params, batch_stats, model_config, input_size, stage: int,
+                     layer: int) -> str:
+    """Paper Fig. 6 for the first picture: its words' attention over the frame and the frame difference."""
+    from lbdt_jax import predict  # pylint: disable=import-outside-toplevel  (predict imports this package's parts)
+    from lbdt_jax.train import embed  # pylint: disable=import-outside-toplevel
+    inputs = self.first_inputs
+    words = embed(params['word_vectors'], jnp.asarray(inputs['word_ids']))
+    captured = predict.capture_attention(model, {'params': params['model'], 'batch_stats': batch_stats},
+                                         inputs['frame'], inputs['frame_difference'], words, inputs['word_mask'])
+    caption = self.stills[0][3]
+    tokens = [t for t, m in zip(*tokenizer.pad_tokens(caption, inputs['word_mask'].shape[1])) if m]
+    grid = predict.attention_picture(captured, 0, model_config, input_size, self.stills[0][1],
+                                     inputs['frame_difference'][0], tokens, stage, layer)
+    return visualize.save_png(os.path.join(directory, f'attention_stage{stage}_layer{layer}.png'), grid)
 
 
 def evaluate_split(config, model, mesh, params, batch_stats, builder, split: str, sentences,
@@ -243,6 +261,10 @@ def run_evaluation(config, model, mesh, params, batch_stats, prepared: dict, tab
         print(f'{spec}: {result["num_samples"]} masks written to {result["submission"]}', flush=True)
     if collector is not None:
       paths = collector.save(os.path.join(workdir, 'pictures'))
+      if paths and config.eval.attention_maps:
+        paths.append(collector.save_attention(os.path.join(workdir, 'pictures'), model, params, batch_stats,
+                                              model.config, (config.input_height, config.input_width),
+                                              config.eval.attention_stage, config.eval.attention_layer))
       if paths:
         print('Pictures: ' + ', '.join(paths), flush=True)
         results['pictures'] = paths

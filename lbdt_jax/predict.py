@@ -327,16 +327,27 @@ def _save_attention(output_dir, index, rgb, difference, captured, row, count, to
                     loaded: LoadedModel) -> list[str]:
   """One PNG per sentence: its words' attention over the frame and the frame difference."""
   paths = []
-  maps = _attention_maps(jax.tree.map(np.asarray, captured), loaded.model_config, stage, layer)
-  height, width = loaded.input_size
-  grid_size = (height // 2**stage, width // 2**stage)  # stage s works at 1/2^s of the input
-  image = visualize.upscale(rgb, 160)
-  shown_difference = cv2.resize(visualize.difference_image(difference), (image.shape[1], image.shape[0]))
   for k in range(count):
-    sample = {name: value[row * count + k] for name, value in maps.items()}
-    grid = _attention_grid(image, shown_difference, sample, tokens[k], grid_size)
+    grid = attention_picture(captured, row * count + k, loaded.model_config, loaded.input_size, rgb,
+                             difference, tokens[k], stage, layer)
     path = os.path.join(output_dir, 'attention', f'frame{index:05d}_sentence{k}_stage{stage}_layer{layer}.png')
     paths.append(visualize.save_png(path, grid))
   return paths
 
 
+def capture_attention(model: LBDT, variables, frame, difference, words, word_mask) -> dict:
+  """The model's intermediates (attention weights included) for one batch."""
+  _, captured = model.apply(variables, frame, difference, words, word_mask, train=False, mutable=['intermediates'])
+  return captured['intermediates']
+
+
+def attention_picture(captured: dict, row: int, model_config: LBDTConfig, input_size: tuple[int, int],
+                      rgb: np.ndarray, difference: np.ndarray, tokens: list[str], stage: int, layer: int) -> np.ndarray:
+  """Paper Fig. 6 for one sample: per word, its attention over the frame and over the frame difference."""
+  maps = _attention_maps(jax.tree.map(np.asarray, captured), model_config, stage, layer)
+  height, width = input_size
+  grid_size = (height // 2**stage, width // 2**stage)  # stage s works at 1/2^s of the input
+  image = visualize.upscale(rgb, 160)
+  shown_difference = cv2.resize(visualize.difference_image(difference), (image.shape[1], image.shape[0]))
+  return _attention_grid(image, shown_difference, {name: value[row] for name, value in maps.items()}, tokens,
+                         grid_size)

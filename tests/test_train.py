@@ -40,7 +40,9 @@ def tiny_config(data_dir, **train_overrides):
 @pytest.fixture(scope='module')
 def finished_run(data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('run')
-  results = train.train_and_evaluate(tiny_config(data_dir), str(workdir))
+  config = tiny_config(data_dir)
+  config.eval.update(pictures=4, attention_maps=True)
+  results = train.train_and_evaluate(config, str(workdir))
   return workdir, results
 
 
@@ -54,6 +56,9 @@ def test_run_writes_checkpoints_export_logs_and_results(finished_run):
   assert validation['num_samples'] > 0 and 0.0 <= validation['mean_IoU'] <= 1.0
   assert set(validation['per_cue']) <= {'appearance', 'motion', 'both'} and validation['per_cue']
   assert 'coco_mAP' in validation
+  for picture in ('predictions.png', 'clip.gif', 'attention_stage5_layer0.png'):
+    assert (workdir / 'pictures' / picture).is_file()
+  assert results['pictures'][-1].endswith('attention_stage5_layer0.png')
   saved = json.loads((workdir / 'eval' / 'step_6' / 'results.json').read_text())
   assert saved['synthetic_rvos:validation']['mean_IoU'] == pytest.approx(validation['mean_IoU'])
 
