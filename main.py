@@ -48,6 +48,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   # Imported here so that --help stays fast and multi-host start-up happens before anything touches devices.
   from lbdt_jax import sharding  # pylint: disable=import-outside-toplevel
+  if (FLAGS.num_processes or FLAGS.process_id is not None) and not (FLAGS.coordinator or FLAGS.distributed):
+    raise app.UsageError('--num_processes/--process_id need --coordinator=host:port (or --distributed)')
   if FLAGS.distributed or FLAGS.coordinator:
     sharding.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   from data_pipeline import prepare  # pylint: disable=import-outside-toplevel

@@ -188,8 +188,10 @@ class TrainIterator:
 
   def set_state(self, state: dict[str, int]) -> None:
     epoch, batch = int(state['epoch']), int(state['batch'])
-    if epoch < 0 or not 0 <= batch < self.batches_per_epoch:
-      raise ValueError(f'invalid iterator position {state} ({self.batches_per_epoch} batches per epoch)')
+    if epoch < 0 or batch < 0:
+      raise ValueError(f'invalid iterator position {state}')
+    if batch >= self.batches_per_epoch:  # restored onto more processes (smaller slices): the epoch is over
+      epoch, batch = epoch + 1, 0
     self._epoch, self._batch = epoch, batch
     self._iterator = None
 

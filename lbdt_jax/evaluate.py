@@ -188,6 +188,7 @@ def evaluate_split(config, model, mesh, params, batch_stats, builder, split: str
   if config.eval.protocol == 'reference' and config.data.mask_resize != 'bilinear_threshold':
     raise ValueError("config.eval.protocol='reference' scores against the reference's resized ground truth: set "
                      "config.data.mask_resize='bilinear_threshold' as well")
+  sharding.local_batch_size(config.eval.batch_size, mesh, 'config.eval.batch_size')
   predict = _compiled_predictor(model, mesh)
   records = []
   batches = input_pipeline.eval_batches(builder, split, sentences, input_pipeline.Preprocessing.from_config(config),
@@ -261,7 +262,7 @@ def run_evaluation(config, model, mesh, params, batch_stats, prepared: dict, tab
         print(f'{spec}: {result["num_samples"]} masks written to {result["submission"]}', flush=True)
     if collector is not None:
       paths = collector.save(os.path.join(workdir, 'pictures'))
-      if paths and config.eval.attention_maps:
+      if paths and config.eval.attention_maps and jax.process_count() == 1:  # one process: a local forward pass
         paths.append(collector.save_attention(os.path.join(workdir, 'pictures'), model, params, batch_stats,
                                               model.config, (config.input_height, config.input_width),
                                               config.eval.attention_stage, config.eval.attention_layer))
@@ -297,6 +298,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not os.path.isfile(os.path.join(source, 'model_config.json')):
     raise FileNotFoundError(f'Nothing to evaluate: {workdir} has no checkpoint and {source} is not a model '
                             'directory (train first, or pass --config.init.checkpoint=<export or converted dir>)')
+  manifest_path = os.path.join(source, checkpointing.MANIFEST_FILE)
+  if os.path.exists(manifest_path):
+    with open(manifest_path) as f:
+      manifest = json.load(f)
+    expected = {'input_size': [config.input_height, config.input_width], 'max_words': config.max_words}
+    for key, value in expected.items():
+      if manifest.get(key) is not None and list(np.atleast_1d(manifest[key])) != list(np.atleast_1d(value)):
+        raise ValueError(f'{source} was trained with {key}={manifest[key]}, the config asks for {value}: '
+                         'use the config the model was trained with')
   prepared = train.prepare_data(config)
   model_config, variables = convert.load_converted(source)
   table = prepare.word_table(prepared)

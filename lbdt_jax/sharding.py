@@ -29,8 +29,9 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None, p
 
 def make_mesh(model_axis: int = 1) -> Mesh:
   devices = jax.devices()
-  if model_axis < 1 or len(devices) % model_axis:
-    raise ValueError(f'config.mesh.model ({model_axis}) must divide the number of devices ({len(devices)})')
+  if model_axis < 1 or jax.local_device_count() % model_axis:
+    raise ValueError(f'config.mesh.model ({model_axis}) must divide the number of devices of each process '
+                     f'({jax.local_device_count()})')
   grid = np.asarray(devices).reshape(len(devices) // model_axis, model_axis)
   return Mesh(grid, (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto))
 
@@ -65,11 +66,11 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in local_batch.items()}
 
 
-def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+def local_batch_size(global_batch_size: int, mesh: Mesh, name: str = 'config.train.batch_size') -> int:
   data_size = mesh.shape[DATA]
-  if global_batch_size % data_size:
-    raise ValueError(f'The global batch size ({global_batch_size}) must be a multiple of the data-parallel devices '
-                     f'({data_size})')
+  if global_batch_size < 1 or global_batch_size % data_size or global_batch_size % jax.process_count():
+    raise ValueError(f'{name} ({global_batch_size}) must be a positive multiple of the data-parallel devices '
+                     f'({data_size}) and of the processes ({jax.process_count()})')
   return global_batch_size // jax.process_count()
 
 

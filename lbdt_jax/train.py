@@ -61,17 +61,18 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
   return optax.piecewise_constant_schedule(optimizer.learning_rate, boundaries)
 
 
-def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
-                   train_word_vectors: bool) -> optax.GradientTransformation:
+def make_optimizer(config: ml_collections.ConfigDict, train_word_vectors: bool) -> optax.GradientTransformation:
   """AdamW as the reference code (decoupled decay), or Adam as the paper's text (decay added to the gradient,
-  like torch.optim.Adam's weight_decay). GloVe vectors stay fixed; learned word vectors train with the model."""
+  like torch.optim.Adam's weight_decay), at learning rate 1: `train_step` scales the updates by the schedule at
+  the state's step, so skipped (non-finite) steps do not delay the decay. GloVe vectors stay fixed; learned word
+  vectors train with the model."""
   optimizer = config.optimizer
   if optimizer.name == 'adamw':
-    base = optax.adamw(schedule, b1=optimizer.b1, b2=optimizer.b2, eps=optimizer.eps,
+    base = optax.adamw(1.0, b1=optimizer.b1, b2=optimizer.b2, eps=optimizer.eps,
                        weight_decay=optimizer.weight_decay)
   elif optimizer.name == 'adam':
     base = optax.chain(optax.add_decayed_weights(optimizer.weight_decay),
-                       optax.adam(schedule, b1=optimizer.b1, b2=optimizer.b2, eps=optimizer.eps))
+                       optax.adam(1.0, b1=optimizer.b1, b2=optimizer.b2, eps=optimizer.eps))
   else:
     raise ValueError(f"config.optimizer.name must be 'adamw' or 'adam', got {optimizer.name!r}")
   if optimizer.grad_clip_norm > 0:
@@ -117,7 +118,9 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: Callable, optimizer: 
   if accumulation_steps == 1:
     (loss, (batch_stats, terms)), grads = grad_fn(state.params, state.batch_stats, batch, key)
   else:
-    micro = jax.tree.map(lambda x: x.reshape(accumulation_steps, -1, *x.shape[1:]), batch)
+    # Microbatch k takes every accumulation_steps-th example, so each microbatch stays spread over the devices
+    # (a split into consecutive blocks would put each on a few devices and gather the batch everywhere).
+    micro = jax.tree.map(lambda x: x.reshape(-1, accumulation_steps, *x.shape[1:]).swapaxes(0, 1), batch)
 
     def accumulate(carry, inputs):
       grads, batch_stats, index = carry
@@ -132,8 +135,11 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: Callable, optimizer: 
 
   finite = jnp.isfinite(loss) & _tree_all_finite(grads)
 
+  learning_rate = schedule(state.step)
+
   def apply_update(_):
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda u: u * learning_rate.astype(u.dtype), updates)
     return optax.apply_updates(state.params, updates), batch_stats, opt_state
 
   def skip_update(_):
@@ -145,7 +151,7 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: Callable, optimizer: 
       step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
       nonfinite_in_row=jnp.where(finite, 0, state.nonfinite_in_row + 1),
       nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
-  metrics = {'loss': loss, **terms, 'grad_norm': optax.tree.norm(grads), 'learning_rate': schedule(state.step),
+  metrics = {'loss': loss, **terms, 'grad_norm': optax.tree.norm(grads), 'learning_rate': learning_rate,
              'skipped_update': (~finite).astype(jnp.float32), 'nonfinite_in_row': new_state.nonfinite_in_row}
   return new_state, metrics
 
@@ -167,7 +173,12 @@ def _initial_weights(config, state: TrainState, optimizer, lbdt_config: LBDTConf
   """ImageNet encoders (torchvision weights) or a whole model (a converted official checkpoint or an export)."""
   init = config.init
   if init.checkpoint:
-    _, variables = convert.load_converted(init.checkpoint)
+    stored_config, variables = convert.load_converted(init.checkpoint)
+    differences = {k: (v, getattr(lbdt_config, k)) for k, v in stored_config.to_dict().items()
+                   if k != 'dtype' and getattr(lbdt_config, k) != v}
+    if differences:
+      raise ValueError(f'{init.checkpoint} holds a different model than config.model: ' + ', '.join(
+          f'{k}={stored!r} there, {ours!r} here' for k, (stored, ours) in differences.items()))
     logging.info('Initialised the model from %s', init.checkpoint)
   elif init.imagenet:
     variables = {'params': state.params['model'], 'batch_stats': state.batch_stats}
@@ -177,9 +188,14 @@ def _initial_weights(config, state: TrainState, optimizer, lbdt_config: LBDTConf
     return state
   params = {**state.params, 'model': variables['params']}
   exported_table = os.path.join(init.checkpoint, 'word_table.npz') if init.checkpoint else ''
-  if exported_table and os.path.exists(exported_table) and table.trainable:
-    params['word_vectors'] = _carry_over_word_vectors(glove.WordTable.load(exported_table), table,
-                                                      np.asarray(params['word_vectors']))
+  if exported_table and os.path.exists(exported_table):
+    exported = glove.WordTable.load(exported_table)
+    if exported.trainable and table.trainable:
+      params['word_vectors'] = _carry_over_word_vectors(exported, table, np.asarray(params['word_vectors']))
+    elif exported.trainable != table.trainable:
+      logging.warning('%s was trained with %s word vectors, this run uses %s ones: the words start from vectors '
+                      'the model has not seen', init.checkpoint, 'learned' if exported.trainable else 'GloVe',
+                      'learned' if table.trainable else 'GloVe')
   return state.replace(params=params, batch_stats=variables['batch_stats'], opt_state=optimizer.init(params))
 
 
@@ -216,12 +232,33 @@ def prepare_data(config: ml_collections.ConfigDict) -> dict:
   return prepare.prepare(config)
 
 
+def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+  """Clear errors for training settings that would otherwise fail deep inside a step or silently misbehave."""
+  train = config.train
+  for name in ('batch_size', 'accumulation_steps', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
+               'max_nonfinite_in_row'):
+    if train[name] < 1:
+      raise ValueError(f'config.train.{name} must be at least 1, got {train[name]}')
+  if train.batch_size % train.accumulation_steps:
+    raise ValueError(f'config.train.batch_size ({train.batch_size}) must be a multiple of '
+                     f'config.train.accumulation_steps ({train.accumulation_steps})')
+  microbatch = train.batch_size // train.accumulation_steps
+  if microbatch % mesh.shape[sharding.DATA]:
+    raise ValueError(f'Each microbatch (config.train.batch_size / accumulation_steps = {microbatch}) must divide '
+                     f'over the {mesh.shape[sharding.DATA]} data-parallel devices')
+  sharding.local_batch_size(config.eval.batch_size, mesh, 'config.eval.batch_size')
+  if not (config.init.imagenet or config.init.checkpoint) and not config.data.train.startswith('synthetic_rvos'):
+    logging.warning('Training from random weights: the paper starts from ImageNet encoders '
+                    '(--config.init.imagenet=resnet50.pth) or, for Ref-DAVIS17, from the YouTube-VOS model '
+                    '(--config.init.checkpoint=...)')
+
+
 def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
+  mesh = sharding.make_mesh(config.mesh.model)
+  check_config(config, mesh)
   prepared = prepare_data(config)
   table = prepare.word_table(prepared)
   sentences = input_pipeline.SentenceTable(prepare.sentences(prepared), table, config.max_words)
-  mesh = sharding.make_mesh(config.mesh.model)
-  sharding.local_batch_size(config.train.batch_size, mesh)  # validates divisibility
   name, split = prepare.parse_dataset_split(config.data.train)
   train_iterator = input_pipeline.TrainIterator(
       prepared[name], split, sentences, input_pipeline.Preprocessing.from_config(config),
@@ -229,14 +266,11 @@ def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
       process_index=jax.process_index(), process_count=jax.process_count(), num_threads=config.data.num_threads)
   steps_per_epoch = train_iterator.batches_per_epoch
   total_steps = config.train.num_steps if config.train.num_steps > 0 else config.train.num_epochs * steps_per_epoch
-  if config.train.batch_size % config.train.accumulation_steps:
-    raise ValueError(f'config.train.batch_size ({config.train.batch_size}) must be a multiple of '
-                     f'config.train.accumulation_steps ({config.train.accumulation_steps})')
 
   lbdt_config = model_config(config)
   model = LBDT(lbdt_config)
   schedule = learning_rate_schedule(config, steps_per_epoch)
-  optimizer = make_optimizer(config, schedule, table.trainable)
+  optimizer = make_optimizer(config, table.trainable)
   example = {key: np.zeros((1, *shape[1:]), dtype) for key, (shape, dtype) in _input_shapes(config).items()}
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
   init_fn = functools.partial(init_state, config, model, optimizer, table, local_batch=example)
@@ -282,6 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info('Resuming from step %d (%s)', restored_step, manager.directory)
     print(f'Resuming from the checkpoint of step {restored_step}', flush=True)
   start_step = int(sharding.to_host(state.step))
+  final_step = max(trainer.total_steps, start_step)  # a checkpoint past num_steps is evaluated as it is
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
@@ -313,12 +348,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         checkpointing.save(manager, step, state, trainer.train_iterator)
       if config.train.eval_every_steps and step % config.train.eval_every_steps == 0 and step < trainer.total_steps:
         results = evaluate.evaluate_trained(config, trainer, state, writer, step, workdir)
-    _check_finite(pending, config, trainer.total_steps)
+    _check_finite(pending, config, final_step)
     progress.close()
-    results = evaluate.evaluate_trained(config, trainer, state, writer, trainer.total_steps, workdir,
-                                        final=True)
+    results = evaluate.evaluate_trained(config, trainer, state, writer, final_step, workdir, final=True)
     checkpointing.export(os.path.join(workdir, 'export'), config, model_config(config), state, trainer.table,
-                         trainer.total_steps)
+                         final_step)
   finally:
     manager.wait_until_finished()
     manager.close()

@@ -98,7 +98,9 @@ def test_training_order_is_fixed_by_seed_and_resumable(synthetic):
     np.testing.assert_array_equal(a['frame'], b['frame'])
     np.testing.assert_array_equal(a['word_ids'], b['word_ids'])
   with pytest.raises(ValueError, match='invalid iterator position'):
-    resumed.set_state({'epoch': 0, 'batch': per_epoch})
+    resumed.set_state({'epoch': 0, 'batch': -1})
+  resumed.set_state({'epoch': 0, 'batch': per_epoch})  # past the end (e.g. more processes now): the next epoch
+  assert resumed.get_state() == {'epoch': 1, 'batch': 0}
 
 
 def test_processes_read_disjoint_slices(synthetic):

@@ -10,7 +10,6 @@ import time
 
 import jax
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -141,7 +140,7 @@ def test_fixed_word_vectors_stay_fixed(name):
   params = {'model': {'w': np.ones(3, np.float32)}, 'word_vectors': np.ones((4, 2), np.float32)}
   grads = jax.tree.map(np.ones_like, params)
   for trainable in (False, True):
-    optimizer = train.make_optimizer(config, optax.constant_schedule(0.1), trainable)
+    optimizer = train.make_optimizer(config, trainable)
     updates, _ = optimizer.update(grads, optimizer.init(params), params)
     assert np.any(updates['model']['w'] != 0)
     assert np.any(updates['word_vectors'] != 0) == trainable
@@ -252,3 +251,26 @@ def test_export_from_the_latest_checkpoint_round_trips(finished_run, data_dir, t
   converted.init.checkpoint = output
   again = predict.load_model(train.export_model(converted, str(tmp_path / 'elsewhere'), str(tmp_path / 'again')))
   jax.tree.map(np.testing.assert_array_equal, again.variables, loaded.variables)
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('train.accumulation_steps', 0, 'accumulation_steps must be at least 1'),
+    ('train.log_every_steps', 0, 'log_every_steps must be at least 1'),
+    ('train.batch_size', 6, 'must be a multiple of config.train.accumulation_steps'),
+    ('eval.batch_size', 0, 'config.eval.batch_size'),
+])
+def test_bad_training_settings_are_named(data_dir, field, value, message):
+  config = tiny_config(data_dir, accumulation_steps=4 if field == 'train.batch_size' else 1)
+  section, name = field.split('.')
+  config[section][name] = value
+  with pytest.raises(ValueError, match=message):
+    train.build_trainer(config)
+
+
+def test_a_model_directory_of_another_architecture_is_refused(finished_run, data_dir):
+  workdir, _ = finished_run
+  config = tiny_config(data_dir)
+  config.model.num_heads = 2  # same parameter shapes, different model
+  config.init.checkpoint = str(workdir / 'export')
+  with pytest.raises(ValueError, match='num_heads=4 there, 2 here'):
+    train.build_trainer(config)
