@@ -44,7 +44,7 @@ from lbdt_jax import checkpointing, sharding, train  # noqa: E402
 
 config = tiny.get_config()
 config.data.data_dir = args.data_dir
-config.train.batch_size = args.batch_size
+config.train.batch_size = config.eval.batch_size = args.batch_size
 config.train.batch_norm = args.batch_norm
 config.optimizer.eps = args.adam_eps
 config.mesh.model = args.model_axis
