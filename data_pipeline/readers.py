@@ -27,7 +27,6 @@ import dataclasses
 import functools
 import glob
 import json
-import logging
 import os
 import random
 from collections.abc import Iterator, Mapping, Sequence

@@ -30,18 +30,22 @@ from pycocotools import mask as mask_utils
 
 from data_pipeline import glove, input_pipeline, prepare, tokenizer
 from lbdt_jax import metrics, sharding, visualize
+from lbdt_jax.models import embed_words
 
 MODEL_INPUTS = ('frame', 'frame_difference', 'word_ids', 'word_mask')
 PROTOCOLS = ('original', 'reference')
 
 
-def predict_probabilities(model, params, batch_stats, batch):
-  """Foreground probabilities [B, H, W] at the input size (float32)."""
-  from lbdt_jax.train import embed  # pylint: disable=import-outside-toplevel  (train imports this module)
-  words = embed(params['word_vectors'], batch['word_ids'])
-  logits = model.apply({'params': params['model'], 'batch_stats': batch_stats}, batch['frame'],
-                       batch['frame_difference'], words, batch['word_mask'], train=False)
-  return jax.nn.sigmoid(logits.astype(jnp.float32))
+def predict_probabilities(model, params, batch_stats, batch, capture: bool = False):
+  """Foreground probabilities [B, H, W] at the input size (float32); with `capture`, also the model's
+  intermediates (attention weights included). params: {'model': ..., 'word_vectors': [V, E]}."""
+  words = embed_words(params['word_vectors'], batch['word_ids'])
+  variables = {'params': params['model'], 'batch_stats': batch_stats}
+  inputs = (batch['frame'], batch['frame_difference'], words, batch['word_mask'])
+  if capture:
+    logits, captured = model.apply(variables, *inputs, train=False, mutable=['intermediates'])
+    return jax.nn.sigmoid(logits.astype(jnp.float32)), captured['intermediates']
+  return jax.nn.sigmoid(model.apply(variables, *inputs, train=False).astype(jnp.float32))
 
 
 def _rle(mask: np.ndarray) -> dict:
@@ -167,12 +171,9 @@ class _Pictures:
   def save_attention(self, directory: str, model, params, batch_stats, model_config, input_size, stage: int,
                      layer: int) -> str:
     """Paper Fig. 6 for the first picture: its words' attention over the frame and the frame difference."""
-    from lbdt_jax import predict  # pylint: disable=import-outside-toplevel  (predict imports this package's parts)
-    from lbdt_jax.train import embed  # pylint: disable=import-outside-toplevel
+    from lbdt_jax import predict  # pylint: disable=import-outside-toplevel  (predict imports this module)
     inputs = self.first_inputs
-    words = embed(params['word_vectors'], jnp.asarray(inputs['word_ids']))
-    captured = predict.capture_attention(model, {'params': params['model'], 'batch_stats': batch_stats},
-                                         inputs['frame'], inputs['frame_difference'], words, inputs['word_mask'])
+    _, captured = predict_probabilities(model, params, batch_stats, inputs, capture=True)
     caption = self.stills[0][3]
     tokens = [t for t, m in zip(*tokenizer.pad_tokens(caption, inputs['word_mask'].shape[1])) if m]
     grid = predict.attention_picture(captured, 0, model_config, input_size, self.stills[0][1],

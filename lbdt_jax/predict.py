@@ -17,6 +17,7 @@ subsampled) at reduced size.
 
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -25,13 +26,11 @@ import re
 import cv2
 import imageio.v3 as iio
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import tqdm
 
 from data_pipeline import glove, input_pipeline, tokenizer
-from lbdt_jax import checkpointing, convert, visualize
+from lbdt_jax import checkpointing, convert, evaluate, visualize
 from lbdt_jax.models import LBDT, LBDTConfig
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
@@ -215,19 +214,10 @@ def predict(model_dir: str, video: str, sentences: list[str], output_dir: str, *
     raise ValueError(f'delta and batch_size must be positive, got {delta} and {batch_size}')
   height, width = loaded.input_size
   model = LBDT(loaded.model_config)
-  params = jax.device_put(loaded.variables)
-  vectors = jnp.asarray(loaded.table.vectors)
+  params = jax.device_put({'model': loaded.variables['params'], 'word_vectors': loaded.table.vectors})
+  batch_stats = jax.device_put(loaded.variables['batch_stats'])
   count = len(sentences)
-
-  def forward(variables, frame, difference, ids, mask, capture):
-    words = vectors[ids] * (ids != glove.PAD_ID)[..., None]
-    if capture:
-      logits, captured = model.apply(variables, frame, difference, words, mask, train=False,
-                                     mutable=['intermediates'])
-      return jax.nn.sigmoid(logits.astype(jnp.float32)), captured['intermediates']
-    return jax.nn.sigmoid(model.apply(variables, frame, difference, words, mask, train=False).astype(jnp.float32)), {}
-
-  compiled = jax.jit(forward, static_argnums=5)
+  compiled = jax.jit(functools.partial(evaluate.predict_probabilities, model), static_argnums=3)
   output_dir = os.path.abspath(output_dir)
   mask_dirs = [os.path.join(output_dir, 'masks', f'{k}_{_slug(s)}') for k, s in enumerate(sentences)]
   for directory in mask_dirs:
@@ -250,10 +240,11 @@ def predict(model_dir: str, video: str, sentences: list[str], output_dir: str, *
     frame_batch = np.stack([p[2] for p in pending] + [pending[0][2]] * (batch_size - real))
     previous_batch = np.stack([p[3] for p in pending] + [pending[0][3]] * (batch_size - real))
     difference = np.abs(frame_batch - previous_batch)
-    inputs = (np.repeat(frame_batch, count, 0), np.repeat(difference, count, 0),
-              np.tile(word_ids, (batch_size, 1)), np.tile(word_mask, (batch_size, 1)))
+    inputs = {'frame': np.repeat(frame_batch, count, 0), 'frame_difference': np.repeat(difference, count, 0),
+              'word_ids': np.tile(word_ids, (batch_size, 1)), 'word_mask': np.tile(word_mask, (batch_size, 1))}
     capture = attention and any(p[0] in wanted_attention for p in pending)
-    probabilities, captured = compiled(params, *inputs, capture)
+    probabilities, captured = compiled(params, batch_stats, inputs, True) if capture else (
+        compiled(params, batch_stats, inputs, False), None)
     probabilities = np.asarray(probabilities).reshape(batch_size, count, height, width)
     for row, (index, rgb, normalised, _) in enumerate(pending):
       shown = rgb.copy()
@@ -333,12 +324,6 @@ def _save_attention(output_dir, index, rgb, difference, captured, row, count, to
     path = os.path.join(output_dir, 'attention', f'frame{index:05d}_sentence{k}_stage{stage}_layer{layer}.png')
     paths.append(visualize.save_png(path, grid))
   return paths
-
-
-def capture_attention(model: LBDT, variables, frame, difference, words, word_mask) -> dict:
-  """The model's intermediates (attention weights included) for one batch."""
-  _, captured = model.apply(variables, frame, difference, words, word_mask, train=False, mutable=['intermediates'])
-  return captured['intermediates']
 
 
 def attention_picture(captured: dict, row: int, model_config: LBDTConfig, input_size: tuple[int, int],

@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 from data_pipeline import glove, input_pipeline, prepare
 from lbdt_jax import checkpointing, convert, evaluate, sharding
 from lbdt_jax.losses import segmentation_loss
-from lbdt_jax.models import LBDT, LBDTConfig
+from lbdt_jax.models import LBDT, LBDTConfig, embed_words
 
 MODEL_INPUTS = ('frame', 'frame_difference', 'word_ids', 'word_mask', 'mask')
 
@@ -47,11 +47,6 @@ class TrainState:
 
 def model_config(config: ml_collections.ConfigDict) -> LBDTConfig:
   return LBDTConfig.from_dict(config.model.to_dict())
-
-
-def embed(word_vectors: jax.Array, word_ids: jax.Array) -> jax.Array:
-  """Word vectors of a batch; the pad token stays the zero vector even when the table is trained."""
-  return word_vectors[word_ids] * (word_ids != glove.PAD_ID)[..., None].astype(word_vectors.dtype)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
@@ -87,7 +82,7 @@ def _tree_all_finite(tree) -> jax.Array:
 
 def _forward_loss(model: LBDT, params, batch_stats, batch, key):
   """(loss, (new batch_stats, loss terms)) of one (micro)batch."""
-  words = embed(params['word_vectors'], batch['word_ids'])
+  words = embed_words(params['word_vectors'], batch['word_ids'])
   logits, updates = model.apply({'params': params['model'], 'batch_stats': batch_stats}, batch['frame'],
                                 batch['frame_difference'], words, batch['word_mask'], train=True,
                                 rngs={'dropout': key}, mutable=['batch_stats'])

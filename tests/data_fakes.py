@@ -4,7 +4,6 @@ Frame n of every fake video is a flat grey of value `frame_value(n)`, so a test 
 which frame an example holds. Masks are rectangles whose position depends on (object, frame).
 """
 
-import csv
 import json
 import os
 

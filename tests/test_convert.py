@@ -1,6 +1,5 @@
 """Converter: strict accounting, file readers, torchvision weights, and the convert command."""
 
-import dataclasses
 import json
 import subprocess
 import sys

@@ -1,6 +1,5 @@
 """Every reader on fake releases in the official layouts: every field of every example, skips and errors."""
 
-import os
 import shutil
 
 import cv2

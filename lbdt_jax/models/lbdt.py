@@ -9,7 +9,6 @@ all norms are post-norm. `share_direction_weights=False` gives each direction it
 from typing import Any
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from lbdt_jax.models.config import LBDTConfig
 from lbdt_jax.models.layers import ConvBN, Dense, LayerNorm, MultiHeadAttention

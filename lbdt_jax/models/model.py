@@ -1,6 +1,7 @@
 """The LBDT model (paper Fig. 2): two ResNet encoders bridged by words, and the BCA decoder."""
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from lbdt_jax.models.bca import Decoder
@@ -19,6 +20,12 @@ def attendable_words(word_mask):
   the padding), which is finite and equals running it with an all-ones mask."""
   word_mask = word_mask.astype(bool)
   return jnp.where(word_mask.any(axis=-1, keepdims=True), word_mask, True)
+
+
+def embed_words(word_vectors: jax.Array, word_ids: jax.Array) -> jax.Array:
+  """The vectors of a batch of word ids [B, N] from a table [V, E] whose row 0 is the pad token: pads stay
+  zero even when the table is trained (the reference's pad token "" has the zero GloVe vector)."""
+  return word_vectors[word_ids] * (word_ids != 0)[..., None].astype(word_vectors.dtype)
 
 
 class LBDT(nn.Module):

@@ -8,7 +8,6 @@ ImageNet and LBDT checkpoints map one to one.
 from typing import Any
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from lbdt_jax.models.config import LBDTConfig
 from lbdt_jax.models.layers import BatchNorm, Conv
