@@ -567,7 +567,8 @@ class JHMDBSentencesReader(RVOSReader):
 
   def target_frames(self, split, expression, video, masks):
     # Frames past the last mask have no ground truth (MTTR drops them too).
-    frames = [f for f in masks.annotated_frames if f in set(video.frame_numbers)]
+    on_disk = set(video.frame_numbers)
+    frames = [f for f in masks.annotated_frames if f in on_disk]
     if self.frames == 'all':
       return frames
     if self._mttr_samples:

@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from data_pipeline import glove
-from lbdt_jax import convert, sharding
+from lbdt_jax import __version__, convert, sharding
 from lbdt_jax.models import LBDTConfig
 
 
@@ -71,7 +71,6 @@ def export(directory: str, config: ml_collections.ConfigDict, model_config: LBDT
 
 def write_model_directory(directory: str, config: ml_collections.ConfigDict, model_config: LBDTConfig, variables,
                           table: glove.WordTable, step: int | None = None) -> None:
-  from lbdt_jax import __version__  # pylint: disable=import-outside-toplevel
   convert.save_converted(directory, model_config, variables)
   if jax.process_index() != 0:
     return

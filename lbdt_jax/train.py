@@ -221,6 +221,8 @@ class Trainer:
 
 def prepare_data(config: ml_collections.ConfigDict) -> dict:
   """The config's data sets, prepared once: process 0 first (shared directories), then the others (their own)."""
+  if jax.process_count() == 1:
+    return prepare.prepare(config)
   if jax.process_index() == 0:
     prepare.prepare(config)
   multihost_utils.sync_global_devices('data prepared')
