@@ -266,6 +266,18 @@ def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
 
   lbdt_config = model_config(config)
   model = LBDT(lbdt_config)
+  state, state_shardings, step_fn, optimizer = create_state_and_step(config, model, mesh, table, steps_per_epoch)
+  if config.init.checkpoint or config.init.imagenet:
+    state = jax.device_put(_initial_weights(config, sharding.to_host(state), optimizer, lbdt_config, table),
+                           state_shardings)
+  return Trainer(config, model, mesh, table, prepared, train_iterator, state, state_shardings, step_fn,
+                 total_steps)
+
+
+def create_state_and_step(config: ml_collections.ConfigDict, model: LBDT, mesh: jax.sharding.Mesh,
+                          table: glove.WordTable, steps_per_epoch: int):
+  """The freshly initialised, sharded train state and the jitted `train_step` bound to the config (no data, no
+  checkpoints): `build_trainer` and the benchmarks share it. Returns (state, state shardings, step, optimizer)."""
   schedule = learning_rate_schedule(config, steps_per_epoch)
   optimizer = make_optimizer(config, table.trainable)
   example = {key: np.zeros((1, *shape[1:]), dtype) for key, (shape, dtype) in _input_shapes(config).items()}
@@ -276,10 +288,6 @@ def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
   state = jax.jit(init_fn, out_shardings=state_shardings)(init_key)
   word_vectors = jax.device_put(table.vectors, state_shardings.params['word_vectors'])
   state = state.replace(params={**state.params, 'word_vectors': word_vectors})
-  if config.init.checkpoint or config.init.imagenet:
-    state = jax.device_put(_initial_weights(config, sharding.to_host(state), optimizer, lbdt_config, table),
-                           state_shardings)
-
   if config.train.batch_norm == 'per_device':
     loss_fn = _per_device_forward_loss(model, mesh)
   elif config.train.batch_norm == 'global':
@@ -291,8 +299,7 @@ def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
   batch_shardings = {key: sharding.batch_sharding(mesh) for key in MODEL_INPUTS}
   step_fn = jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                     out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
-  return Trainer(config, model, mesh, table, prepared, train_iterator, state, state_shardings, step_fn,
-                 total_steps)
+  return state, state_shardings, step_fn, optimizer
 
 
 def _input_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:

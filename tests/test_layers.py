@@ -1,6 +1,8 @@
 """Pieces checked against direct formulas: aligned_bilinear, padding, attention masks, LSTM gates, BatchNorm,
 positional encodings."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -162,3 +164,25 @@ def test_positional_encodings_match_the_reference_float32_values():
   np.testing.assert_allclose(non_square[1, 2, 4], np.sin(1.0), atol=1e-7)  # channel dim/2: sin(y)
   with pytest.raises(ValueError, match='divisible by 4'):
     sinusoid_2d(2, 2, 6)
+
+
+@pytest.mark.parametrize('kernel, stride, size', [(3, 1, 8), (3, 2, 8), (3, 2, 7), (1, 1, 5), (1, 2, 8), (7, 2, 16),
+                                                  (3, 1, 40)])
+def test_conv2d_gradients_equal_xla_convolution_gradients(kernel, stride, size):
+  """conv2d's own kernel gradient (matmuls on CPU for 1x1 kernels and small maps, XLA's elsewhere) and its input
+  gradient equal those of lax.conv_general_dilated with the same explicit padding."""
+  rng = np.random.default_rng(kernel * 100 + stride * 10 + size)
+  with jax.enable_x64(True):
+    x = jnp.asarray(rng.standard_normal((2, size, size, 5)))
+    weights = jnp.asarray(rng.standard_normal((kernel, kernel, 5, 4)))
+    pad = kernel // 2
+
+    def loss(convolve, x, weights):
+      return jnp.sum(jnp.sin(convolve(x, weights)))
+
+    ours = jax.grad(functools.partial(loss, lambda x, w: layers.conv2d(x, w, stride, pad)), (0, 1))(x, weights)
+    xla = jax.grad(functools.partial(loss, lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))),
+                   (0, 1))(x, weights)
+    for a, b in zip(ours, xla):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)

@@ -1,0 +1,139 @@
+"""What every benchmark shares: the machine's description, inputs, a sound timer, memory figures, tables, JSON.
+
+Timing method: compile first (timed apart), one warm-up call, then `repeats` measurements; each measurement runs
+`calls` back-to-back calls and waits for the last result (`jax.block_until_ready` / `torch.cuda.synchronize`), so
+asynchronous dispatch cannot hide work. Calls cycle through several distinct input batches, at least
+`CACHE_BUSTING_BYTES` of them in all, so that inputs are never served from a cache. Reported: the median per call
+and the spread (min, max, interquartile range) over the repeats.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+
+# Distinct input batches in rotation amount to at least this much (larger than any CPU/GPU last-level cache).
+CACHE_BUSTING_BYTES = 256 * 2**20
+MAX_INPUT_SETS = 8
+NUM_WORDS = 25  # the reference's sentence length
+
+
+def machine() -> dict:
+  """Backend, device and host, for the tables' captions and the JSON."""
+  device = jax.devices()[0]
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
+  except OSError:
+    pass
+  return {'backend': jax.default_backend(), 'device': device.device_kind, 'device_count': jax.device_count(),
+          'cpu': cpu, 'cpu_cores': os.cpu_count(), 'jax': jax.__version__}
+
+
+def describe(info: dict) -> str:
+  if info['backend'] == 'cpu':
+    return f'CPU: {info["cpu"]}, {info["cpu_cores"]} cores (jax {info["jax"]})'
+  return f'{info["backend"].upper()}: {info["device"]} ({info["cpu_cores"]} host cores, jax {info["jax"]})'
+
+
+def model_inputs(batch: int, size: int, word_dim: int = 300, seed: int = 0) -> dict[str, np.ndarray]:
+  """A batch as the model takes it: normalised frame and frame difference (NHWC), word vectors, word mask."""
+  rng = np.random.default_rng(seed)
+  frame = np.clip(rng.standard_normal((batch, size, size, 3)), -2.2, 2.7).astype(np.float32)
+  difference = 0.5 * np.abs(np.clip(rng.standard_normal((batch, size, size, 3)), -2.2, 2.7)).astype(np.float32)
+  lengths = rng.integers(3, NUM_WORDS + 1, batch)
+  word_mask = (np.arange(NUM_WORDS)[None] < lengths[:, None]).astype(np.int32)
+  words = rng.standard_normal((batch, NUM_WORDS, word_dim)).astype(np.float32) * word_mask[..., None]
+  return {'frame': frame, 'frame_difference': difference, 'words': words, 'word_mask': word_mask}
+
+
+def ground_truth(batch: int, size: int, seed: int = 0) -> np.ndarray:
+  """Binary target masks [B, H, W] (an ellipse per sample) for the training step."""
+  rng = np.random.default_rng(seed + 1)
+  y, x = np.mgrid[:size, :size] / size
+  centres, radii = rng.uniform(0.3, 0.7, (batch, 2)), rng.uniform(0.1, 0.3, (batch, 2))
+  inside = ((x[None] - centres[:, 0, None, None]) / radii[:, 0, None, None])**2 + (
+      (y[None] - centres[:, 1, None, None]) / radii[:, 1, None, None])**2
+  return (inside <= 1).astype(np.uint8)
+
+
+def number_of_input_sets(bytes_per_set: int) -> int:
+  return int(min(MAX_INPUT_SETS, max(2, math.ceil(CACHE_BUSTING_BYTES / max(1, bytes_per_set)))))
+
+
+@dataclasses.dataclass
+class Timing:
+  median: float  # seconds per call
+  minimum: float
+  maximum: float
+  iqr: float
+  repeats: int
+  calls: int
+
+  def as_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def time_calls(call: Callable[[int], object], *, repeats: int, calls: int = 1,
+               wait: Callable[[object], None] = jax.block_until_ready) -> Timing:
+  """`call(i)` runs the i-th call (the caller picks input set i mod k) and returns something `wait` can wait on."""
+  wait(call(0))  # warm-up
+  times = []
+  counter = 1
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(calls):
+      result = call(counter)
+      counter += 1
+    wait(result)
+    times.append((time.perf_counter() - start) / calls)
+  quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+  return Timing(statistics.median(times), min(times), max(times), quartiles[2] - quartiles[0], repeats, calls)
+
+
+def timed_compile(jitted, *args):
+  """(compiled executable, seconds) of a jitted function for these arguments."""
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+def compiled_memory_bytes(compiled) -> int | None:
+  """Device memory one call of a compiled program needs: arguments + outputs + temporaries, less what donated
+  buffers alias (XLA's own accounting; available on every backend)."""
+  try:
+    analysis = compiled.memory_analysis()
+  except (AttributeError, NotImplementedError, RuntimeError):
+    return None
+  if analysis is None:
+    return None
+  return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
+             - analysis.alias_size_in_bytes)
+
+
+def peak_device_memory_bytes() -> int | None:
+  """The allocator's peak on GPUs/TPUs (None where the backend does not report it, e.g. CPU)."""
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get('peak_bytes_in_use')
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(str(cell) for cell in row) + ' |' for row in rows]
+  return '\n'.join(lines)
+
+
+def write_json(path: str | None, result: dict) -> None:
+  if path:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump(result, f, indent=2)
+    print(f'Wrote {path}')

@@ -1,0 +1,164 @@
+"""Inference frames/s and training samples/s of LBDT against batch size, in float32 and bfloat16.
+
+  python -m benchmarks.throughput [--layers 4] [--size 320] [--batch-sizes 1,2,4] [--dtypes float32,bfloat16]
+      [--modes inference,train] [--repeats 5] [--json OUT.json] [--plot OUT.png]
+
+Inference is the jitted `LBDT.apply` in eval mode on word vectors; training is the trainer's own jitted
+`train_step` (forward, loss, backward, AdamW, BatchNorm statistics; state donated), built by
+`lbdt_jax.train.create_state_and_step` from `configs/default.py`. Compile time is reported apart from step time
+(see benchmarks/harness.py for the timing method). Memory: XLA's accounting of one compiled call (arguments +
+outputs + temporaries), and the allocator's peak where the backend reports one (GPU/TPU). Defaults: batch sizes
+1, 2, 4 on CPU and 1 to 256 on accelerators.
+"""
+
+import argparse
+
+import jax
+import numpy as np
+
+from benchmarks import harness
+from configs import default
+from data_pipeline import glove
+from lbdt_jax import sharding, train
+from lbdt_jax.models import LBDT
+
+VOCABULARY = 1000  # word table rows for the training step (frozen vectors, as with GloVe)
+
+
+def inference_benchmark(config, batch: int, repeats: int) -> dict:
+  model = LBDT(train.model_config(config))
+  size = config.input_height
+  first = harness.model_inputs(batch, size)
+  sets = harness.number_of_input_sets(sum(x.nbytes for x in first.values()))
+  inputs = [jax.device_put(harness.model_inputs(batch, size, seed=seed)) for seed in range(sets)]
+  variables = jax.jit(lambda key, x: model.init(key, *_positional(x)))(jax.random.key(0), inputs[0])
+  apply = jax.jit(lambda v, x: model.apply(v, *_positional(x)))
+  compiled, compile_seconds = harness.timed_compile(apply, variables, inputs[0])
+  timing = harness.time_calls(lambda i: compiled(variables, inputs[i % sets]), repeats=repeats,
+                              calls=_calls_per_measurement(batch))
+  return {'compile_seconds': compile_seconds, 'timing': timing.as_dict(),
+          'items_per_second': batch / timing.median, 'memory_bytes': harness.compiled_memory_bytes(compiled)}
+
+
+def _positional(inputs: dict) -> tuple:
+  return tuple(inputs[key] for key in ('frame', 'frame_difference', 'words', 'word_mask'))
+
+
+def training_config(layers: int, size: int, batch: int, dtype: str):
+  config = default.get_config(f'lbdt{layers}')
+  config.input_height = config.input_width = size
+  config.model.dtype = dtype
+  config.train.batch_size = batch
+  return config
+
+
+def training_batch(batch: int, size: int, seed: int) -> dict[str, np.ndarray]:
+  inputs = harness.model_inputs(batch, size, seed=seed)
+  word_ids = np.random.default_rng(seed).integers(2, VOCABULARY, inputs['word_mask'].shape) * inputs['word_mask']
+  return {'frame': inputs['frame'], 'frame_difference': inputs['frame_difference'],
+          'word_ids': word_ids.astype(np.int32), 'word_mask': inputs['word_mask'],
+          'mask': harness.ground_truth(batch, size, seed)}
+
+
+def benchmark_table() -> glove.WordTable:
+  words = ('', glove.UNKNOWN_TOKEN) + tuple(f'word{i}' for i in range(2, VOCABULARY))
+  vectors = np.random.default_rng(0).standard_normal((VOCABULARY, glove.GLOVE_DIM)).astype(np.float32)
+  vectors[0] = 0
+  return glove.WordTable(words, vectors, trainable=False)
+
+
+def training_benchmark(config, batch: int, repeats: int) -> dict:
+  mesh = sharding.make_mesh()
+  model = LBDT(train.model_config(config))
+  state, _, step_fn, _ = train.create_state_and_step(config, model, mesh, benchmark_table(), steps_per_epoch=1000)
+  size = config.input_height
+  first = training_batch(batch, size, 0)
+  sets = harness.number_of_input_sets(sum(x.nbytes for x in first.values()))
+  batches = [sharding.global_batch(training_batch(batch, size, seed), mesh) for seed in range(sets)]
+  compiled, compile_seconds = harness.timed_compile(step_fn, state, batches[0])
+  holder = {'state': state}
+
+  def call(i):
+    holder['state'], metrics = compiled(holder['state'], batches[i % sets])
+    return metrics['loss']
+
+  timing = harness.time_calls(call, repeats=repeats, calls=_calls_per_measurement(batch))
+  return {'compile_seconds': compile_seconds, 'timing': timing.as_dict(), 'items_per_second': batch / timing.median,
+          'memory_bytes': harness.compiled_memory_bytes(compiled), 'peak_bytes': harness.peak_device_memory_bytes()}
+
+
+def _calls_per_measurement(batch: int) -> int:
+  """Back-to-back calls per measurement: enough to keep an accelerator's queue full, one on the CPU."""
+  return 1 if jax.default_backend() == 'cpu' else max(2, 64 // batch)
+
+
+def plot(results: list[dict], path: str, caption: str) -> None:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  figure, axis = plt.subplots(figsize=(6.4, 4.2))
+  for mode, marker in (('inference', 'o'), ('train', 's')):
+    for dtype, style in (('float32', '-'), ('bfloat16', '--')):
+      points = sorted((r['batch'], r['items_per_second']) for r in results if r['mode'] == mode and r['dtype'] == dtype)
+      if points:
+        label = f'{"inference (frames/s)" if mode == "inference" else "training (samples/s)"}, {dtype}'
+        axis.plot(*zip(*points), style, marker=marker, label=label)
+  axis.set_xscale('log', base=2)
+  axis.set_yscale('log')
+  axis.set_xlabel('batch size')
+  axis.set_ylabel('items per second')
+  axis.set_title(caption, fontsize=9)
+  axis.grid(True, which='both', alpha=0.3)
+  axis.legend(fontsize=8)
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  print(f'Wrote {path}')
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--layers', type=int, default=4, choices=(1, 4))
+  parser.add_argument('--size', type=int, default=320)
+  parser.add_argument('--batch-sizes', help='comma-separated; default 1,2,4 on CPU, 1..256 on accelerators')
+  parser.add_argument('--dtypes', default='float32,bfloat16')
+  parser.add_argument('--modes', default='inference,train')
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--json')
+  parser.add_argument('--plot')
+  args = parser.parse_args(argv)
+  info = harness.machine()
+  default_batches = '1,2,4' if info['backend'] == 'cpu' else '1,8,32,64,128,256'
+  batch_sizes = [int(b) for b in (args.batch_sizes or default_batches).split(',')]
+  dtypes = args.dtypes.split(',')
+  modes = args.modes.split(',')
+  unknown = set(dtypes) - {'float32', 'bfloat16'} | set(modes) - {'inference', 'train'}
+  if unknown:
+    parser.error(f'unknown dtypes/modes: {sorted(unknown)}')
+  results = []
+  for mode in modes:
+    for dtype in dtypes:
+      for batch in batch_sizes:
+        config = training_config(args.layers, args.size, batch, dtype)
+        run = inference_benchmark if mode == 'inference' else training_benchmark
+        result = {'mode': mode, 'dtype': dtype, 'batch': batch, **run(config, batch, args.repeats)}
+        results.append(result)
+        timing = result['timing']
+        print(f'{mode} {dtype} batch {batch}: {result["items_per_second"]:.2f}/s (median {timing["median"]:.4f} s, '
+              f'IQR {timing["iqr"]:.4f} s, compile {result["compile_seconds"]:.1f} s)', flush=True)
+  print(f'\nLBDT-{args.layers}, {args.size}x{args.size}, {harness.describe(info)}')
+  rows = []
+  for r in results:
+    t = r['timing']
+    memory = r['memory_bytes']
+    rows.append([r['mode'], r['dtype'], r['batch'], f'{r["items_per_second"]:.2f}', f'{t["median"] * 1e3:.1f}',
+                 f'{t["minimum"] * 1e3:.1f}–{t["maximum"] * 1e3:.1f}', f'{r["compile_seconds"]:.1f}',
+                 f'{memory / r["batch"] / 2**20:.0f}' if memory else '—'])
+  print(harness.markdown_table(['mode', 'dtype', 'batch', 'items/s', 'median ms', 'min–max ms', 'compile s',
+                                'memory MiB/sample'], rows))
+  harness.write_json(args.json, {'machine': info, 'layers': args.layers, 'size': args.size, 'results': results})
+  if args.plot:
+    plot(results, args.plot, f'LBDT-{args.layers}, {args.size}×{args.size}; {harness.describe(info)}')
+
+
+if __name__ == '__main__':
+  main()
