@@ -51,7 +51,7 @@ def model_inputs(batch: int, size: int, word_dim: int = 300, seed: int = 0) -> d
   difference = 0.5 * np.abs(np.clip(rng.standard_normal((batch, size, size, 3)), -2.2, 2.7)).astype(np.float32)
   lengths = rng.integers(3, NUM_WORDS + 1, batch)
   word_mask = (np.arange(NUM_WORDS)[None] < lengths[:, None]).astype(np.int32)
-  words = rng.standard_normal((batch, NUM_WORDS, word_dim)).astype(np.float32) * word_mask[..., None]
+  words = rng.standard_normal((batch, NUM_WORDS, word_dim)).astype(np.float32) * word_mask[..., None].astype(np.float32)
   return {'frame': frame, 'frame_difference': difference, 'words': words, 'word_mask': word_mask}
 
 

@@ -1,0 +1,145 @@
+"""The benchmarks' machinery (timing method, FLOP convention, memory, the reference comparison's pieces) and the
+language-bridge study's bookkeeping. Timings themselves are never asserted."""
+
+import json
+import os
+import subprocess
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import compare_reference, flops, harness, throughput
+from experiments import bridge_study
+
+
+def test_time_calls_warms_up_cycles_inputs_and_waits_once_per_measurement():
+  calls, waits = [], []
+  timing = harness.time_calls(lambda i: calls.append(i) or i, repeats=3, calls=4, wait=waits.append)
+  assert calls == list(range(13))  # one warm-up, then 3 x 4 calls with increasing indices
+  assert waits == [0, 4, 8, 12]  # the warm-up's result, then the last call of each measurement
+  assert timing.repeats == 3 and timing.calls == 4
+  assert timing.minimum <= timing.median <= timing.maximum and timing.iqr >= 0
+
+
+def test_input_sets_exceed_caches_within_bounds():
+  assert harness.number_of_input_sets(1) == harness.MAX_INPUT_SETS
+  assert harness.number_of_input_sets(harness.CACHE_BUSTING_BYTES) == 2
+  assert harness.number_of_input_sets(-(-harness.CACHE_BUSTING_BYTES // 3)) == 3
+
+
+def test_model_inputs_are_float32_with_zero_padding_words():
+  inputs = harness.model_inputs(3, 64)
+  assert {k: v.dtype for k, v in inputs.items()} == {'frame': np.float32, 'frame_difference': np.float32,
+                                                     'words': np.float32, 'word_mask': np.int32}
+  assert np.all(inputs['words'][inputs['word_mask'] == 0] == 0)
+  assert np.all(inputs['frame_difference'] >= 0)
+  masks = harness.ground_truth(3, 64)
+  assert masks.shape == (3, 64, 64) and 0 < masks.mean() < 1
+
+
+def test_xla_counts_a_multiply_add_as_two_flops():
+  """The convention behind the README's FLOP table (MACs = FLOPs / 2)."""
+  a, b = jax.ShapeDtypeStruct((3, 40), jnp.float32), jax.ShapeDtypeStruct((40, 7), jnp.float32)
+  assert flops.cpu_flops(jnp.matmul, a, b) == 2 * 3 * 40 * 7
+
+
+def test_compiled_memory_counts_arguments_outputs_and_temporaries():
+  x = jnp.zeros((256, 256), jnp.float32)
+  compiled = jax.jit(lambda x: jnp.sin(x) @ x).lower(x).compile()
+  assert harness.compiled_memory_bytes(compiled) >= 2 * x.nbytes
+
+
+def test_throughput_inference_reports_rates_and_writes_json_and_plot(tmp_path, monkeypatch):
+  monkeypatch.setattr(throughput, 'training_config', lambda layers, size, batch, dtype: _tiny_benchmark_config(
+      size, batch, dtype))
+  throughput.main(['--size', '64', '--batch-sizes', '1,2', '--dtypes', 'float32', '--modes', 'inference',
+                   '--repeats', '2', '--json', str(tmp_path / 'out.json'), '--plot', str(tmp_path / 'out.png')])
+  result = json.loads((tmp_path / 'out.json').read_text())
+  assert [r['batch'] for r in result['results']] == [1, 2]
+  assert all(r['items_per_second'] > 0 and r['memory_bytes'] > 0 for r in result['results'])
+  assert (tmp_path / 'out.png').stat().st_size > 0
+
+
+def _tiny_benchmark_config(size, batch, dtype):
+  from conftest import tiny_model_config  # pylint: disable=import-outside-toplevel
+  config = throughput.default.get_config('lbdt1')
+  config.model.update({**tiny_model_config().to_dict(), 'word_dim': 300, 'dtype': dtype})
+  config.input_height = config.input_width = size
+  config.train.batch_size = batch
+  return config
+
+
+def test_reference_comparison_explains_a_missing_checkout(tmp_path):
+  (tmp_path / 'models').mkdir()
+  (tmp_path / 'models' / 'LBDT_4.py').write_text('')
+  with pytest.raises(SystemExit, match='lacks models/position_encoding.py, models/modeling/resnet.py'):
+    compare_reference.import_reference(str(tmp_path))
+
+
+def test_reference_loss_in_torch_equals_our_training_loss():
+  torch = pytest.importorskip('torch')
+  from lbdt_jax.losses import segmentation_loss  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  logits = rng.standard_normal((2, 16, 16)).astype(np.float32) * 3
+  target = (rng.random((2, 16, 16)) > 0.7).astype(np.float32)
+  theirs = float(compare_reference.reference_loss(torch, torch.from_numpy(logits), torch.from_numpy(target)))
+  ours = float(segmentation_loss(jnp.asarray(logits), jnp.asarray(target))[0])
+  assert ours == pytest.approx(theirs, rel=1e-6)
+
+
+def test_reference_inputs_are_nchw_with_a_stage5_image_mask():
+  torch = pytest.importorskip('torch')
+  inputs = harness.model_inputs(2, 64)
+  frame, difference, words, word_mask, image_mask = compare_reference.torch_inputs(torch, inputs, 'cpu')
+  np.testing.assert_array_equal(frame.numpy(), inputs['frame'].transpose(0, 3, 1, 2))
+  assert difference.shape == (2, 3, 64, 64) and words.dtype == torch.float32
+  assert word_mask.dtype == torch.int64 and image_mask.shape == (2, 4) and bool(image_mask.all())
+
+
+def _fake_results(value: float) -> dict:
+  split = {'mean_IoU': value, 'P@0.5': value / 2,
+           'per_cue': {cue: {'mean_IoU': value + k / 10, 'P@0.5': value / 2} for k, cue in
+                       enumerate(bridge_study.CUES)}}
+  return {'synthetic_rvos:test': split, 'synthetic_rvos:test_compositional': split, 'pictures': ['a.png']}
+
+
+def _finish_fake_run(directory: str, value: float, step: int = 50) -> None:
+  os.makedirs(os.path.join(directory, 'eval', f'step_{step}'))
+  os.makedirs(os.path.join(directory, 'export'))
+  with open(os.path.join(directory, 'export', 'manifest.json'), 'w') as f:
+    f.write('{}')
+  with open(os.path.join(directory, 'eval', f'step_{step}', 'results.json'), 'w') as f:
+    json.dump(_fake_results(value), f)
+
+
+def test_study_reuses_finished_runs_and_reports_mean_and_std(tmp_path, monkeypatch):
+  workdir, output = tmp_path / 'runs', tmp_path / 'docs'
+  values = {('full', 0): 0.5, ('full', 1): 0.7, ('direct', 0): 0.2, ('direct', 1): 0.4}
+  for (name, seed), value in values.items():
+    _finish_fake_run(bridge_study.run_directory(str(workdir), bridge_study.VARIANTS_BY_NAME[name], seed), value)
+  monkeypatch.setattr(bridge_study, 'prepare_data', lambda args: None)
+  monkeypatch.setattr(subprocess, 'run', lambda *a, **k: pytest.fail('a finished run was trained again'))
+  bridge_study.main(['--variants', 'full,direct', '--seeds', '0,1', '--workers', '2', '--workdir', str(workdir),
+                     '--output', str(output)])
+  report = (output / 'results.md').read_text()
+  # full: mean IoU 60 ± 14.1 (sample std of 50 and 70); motion adds 0.1 -> 70.0 mean.
+  assert '| full | 60.0 ± 14.1 | 60.0 ± 14.1 | 70.0 ± 14.1 | 80.0 ± 14.1 |' in report
+  assert '| direct | 30.0 ± 14.1 |' in report
+  assert 'Tab. 5 row 1' in report and 'python -m experiments.bridge_study --variants full,direct' in report
+  runs = json.loads((output / 'runs.json').read_text())['runs']
+  assert [(r['variant'], r['seed']) for r in runs] == [('full', 0), ('full', 1), ('direct', 0), ('direct', 1)]
+  assert (output / 'bridge_study.png').stat().st_size > 0
+
+
+def test_study_stops_on_a_failed_run_naming_its_log(tmp_path, monkeypatch):
+  monkeypatch.setattr(subprocess, 'run', lambda *a, **k: subprocess.CompletedProcess(a, 1))
+  args = type('Args', (), {'workdir': str(tmp_path), 'config': 'configs/study.py', 'data_dir': '', 'set': []})
+  with pytest.raises(RuntimeError, match=r'Run direct seed 3 failed \(exit code 1\); see .*direct/seed3/log.txt'):
+    bridge_study.train_one(bridge_study.VARIANTS_BY_NAME['direct'], 3, args)
+
+
+def test_study_rejects_unknown_variants():
+  with pytest.raises(SystemExit):
+    bridge_study.main(['--variants', 'full,nonsense'])
