@@ -1,7 +1,7 @@
 """Inference frames/s and training samples/s of LBDT against batch size, in float32 and bfloat16.
 
   python -m benchmarks.throughput [--layers 4] [--size 320] [--batch-sizes 1,2,4] [--dtypes float32,bfloat16]
-      [--modes inference,train] [--repeats 5] [--json OUT.json] [--plot OUT.png]
+      [--modes inference,train] [--repeats 5] [--remat] [--json OUT.json] [--plot OUT.png]
 
 Inference is the jitted `LBDT.apply` in eval mode on word vectors; training is the trainer's own jitted
 `train_step` (forward, loss, backward, AdamW, BatchNorm statistics; state donated), built by
@@ -44,10 +44,10 @@ def _positional(inputs: dict) -> tuple:
   return tuple(inputs[key] for key in ('frame', 'frame_difference', 'words', 'word_mask'))
 
 
-def training_config(layers: int, size: int, batch: int, dtype: str):
+def training_config(layers: int, size: int, batch: int, dtype: str, remat: bool = False):
   config = default.get_config(f'lbdt{layers}')
   config.input_height = config.input_width = size
-  config.model.dtype = dtype
+  config.model.update(dtype=dtype, remat=remat)
   config.train.batch_size = batch
   return config
 
@@ -123,6 +123,7 @@ def main(argv=None):
   parser.add_argument('--dtypes', default='float32,bfloat16')
   parser.add_argument('--modes', default='inference,train')
   parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--remat', action='store_true', help='recompute encoder activations in the backward pass')
   parser.add_argument('--json')
   parser.add_argument('--plot')
   args = parser.parse_args(argv)
@@ -138,7 +139,7 @@ def main(argv=None):
   for mode in modes:
     for dtype in dtypes:
       for batch in batch_sizes:
-        config = training_config(args.layers, args.size, batch, dtype)
+        config = training_config(args.layers, args.size, batch, dtype, args.remat)
         run = inference_benchmark if mode == 'inference' else training_benchmark
         result = {'mode': mode, 'dtype': dtype, 'batch': batch, **run(config, batch, args.repeats)}
         results.append(result)
@@ -155,7 +156,8 @@ def main(argv=None):
                  f'{memory / r["batch"] / 2**20:.0f}' if memory else '—'])
   print(harness.markdown_table(['mode', 'dtype', 'batch', 'items/s', 'median ms', 'min–max ms', 'compile s',
                                 'memory MiB/sample'], rows))
-  harness.write_json(args.json, {'machine': info, 'layers': args.layers, 'size': args.size, 'results': results})
+  harness.write_json(args.json, {'machine': info, 'layers': args.layers, 'size': args.size, 'remat': args.remat,
+                                 'results': results})
   if args.plot:
     plot(results, args.plot, f'LBDT-{args.layers}, {args.size}×{args.size}; {harness.describe(info)}')
 

@@ -170,7 +170,7 @@ def _initial_weights(config, state: TrainState, optimizer, lbdt_config: LBDTConf
   if init.checkpoint:
     stored_config, variables = convert.load_converted(init.checkpoint)
     differences = {k: (v, getattr(lbdt_config, k)) for k, v in stored_config.to_dict().items()
-                   if k != 'dtype' and getattr(lbdt_config, k) != v}
+                   if k not in LBDTConfig.EXECUTION_FIELDS and getattr(lbdt_config, k) != v}
     if differences:
       raise ValueError(f'{init.checkpoint} holds a different model than config.model: ' + ', '.join(
           f'{k}={stored!r} there, {ours!r} here' for k, (stored, ours) in differences.items()))

@@ -52,7 +52,7 @@ def test_compiled_memory_counts_arguments_outputs_and_temporaries():
 
 
 def test_throughput_inference_reports_rates_and_writes_json_and_plot(tmp_path, monkeypatch):
-  monkeypatch.setattr(throughput, 'training_config', lambda layers, size, batch, dtype: _tiny_benchmark_config(
+  monkeypatch.setattr(throughput, 'training_config', lambda layers, size, batch, dtype, remat: _tiny_benchmark_config(
       size, batch, dtype))
   throughput.main(['--size', '64', '--batch-sizes', '1,2', '--dtypes', 'float32', '--modes', 'inference',
                    '--repeats', '2', '--json', str(tmp_path / 'out.json'), '--plot', str(tmp_path / 'out.png')])

@@ -186,3 +186,26 @@ def test_conv2d_gradients_equal_xla_convolution_gradients(kernel, stride, size):
                    (0, 1))(x, weights)
     for a, b in zip(ours, xla):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('dtype, tolerance', [('float32', 1e-6), ('bfloat16', 2e-2)])
+def test_fused_attention_equals_the_explicit_form(dtype, tolerance):
+  """Without captured weights or dropout the layer calls jax.nn.dot_product_attention; capturing the weights
+  (attention maps) takes the explicit torch-like form. Both give the same output, masked keys included."""
+  rng = np.random.default_rng(0)
+  query = jnp.asarray(rng.standard_normal((2, 7, 16)), jnp.float32)
+  keys = jnp.asarray(rng.standard_normal((2, 5, 16)), jnp.float32)
+  key_mask = jnp.asarray([[True] * 5, [True, True, False, False, False]])
+  layer = layers.MultiHeadAttention(num_heads=4, dtype=jnp.dtype(dtype))
+  variables = layer.init(jax.random.key(0), query, keys, keys, key_mask, deterministic=True)
+  fused = layer.apply(variables, query, keys, keys, key_mask, deterministic=True)
+  explicit, state = layer.apply(variables, query, keys, keys, key_mask, deterministic=True,
+                                mutable=['intermediates'])
+  assert state['intermediates']['attention_weights'][0].shape == (2, 4, 7, 5)
+  np.testing.assert_allclose(np.asarray(fused, np.float32), np.asarray(explicit, np.float32), rtol=tolerance,
+                             atol=tolerance)
+  # A masked key has no influence on the fused output.
+  changed = keys.at[1, 3].set(100.0)
+  np.testing.assert_allclose(np.asarray(layer.apply(variables, query, changed, changed, key_mask,
+                                                    deterministic=True)[1], np.float32),
+                             np.asarray(fused[1], np.float32), rtol=tolerance, atol=tolerance)

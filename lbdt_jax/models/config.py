@@ -44,6 +44,12 @@ class LBDTConfig:
   consistency_activator: bool = True
   # Numerics: compute dtype; parameters are always stored in float32 (float64 under x64).
   dtype: str = 'float32'
+  # Recompute each encoder block's activations in the backward pass instead of storing them (less memory for
+  # large batches, about a third more encoder compute). Does not change the parameters or the results.
+  remat: bool = False
+
+  # Settings that change how the model computes, not what it is (a checkpoint serves any of them).
+  EXECUTION_FIELDS = ('dtype', 'remat')
 
   def __post_init__(self):
     problems = []

@@ -225,11 +225,19 @@ class MultiHeadAttention(nn.Module):
 
     q = project(query, 'query') * jnp.asarray(head_dim**-0.5, self.dtype)
     k, v = project(key, 'key'), project(value, 'value')
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(stats_dtype(self.dtype))
-    if key_mask is not None:
-      logits = jnp.where(key_mask[:, None, None, :], logits, -jnp.inf)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    self.sow('intermediates', 'attention_weights', weights)  # [B, heads, queries, keys]
-    weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(*query.shape[:-1], dim)
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    weights_used = self.is_mutable_collection('intermediates') or (not deterministic and self.dropout_rate > 0)
+    if weights_used or jnp.dtype(self.dtype) == jnp.float64:
+      # The explicit form: its weights can be sown (attention maps) and dropped out as torch does; float64 runs
+      # need it too (jax.nn.dot_product_attention's softmax is float32).
+      logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(stats_dtype(self.dtype))
+      if mask is not None:
+        logits = jnp.where(mask, logits, -jnp.inf)
+      weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+      self.sow('intermediates', 'attention_weights', weights)  # [B, heads, queries, keys]
+      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
+      out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+    else:  # the fused kernel of the backend (cuDNN on GPUs where it applies); q is already scaled
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0)
+    out = out.reshape(*query.shape[:-1], dim)
     return Dense(dim, dtype=self.dtype, name='out')(out)

@@ -64,6 +64,8 @@ class ResNetEncoder(nn.Module):
     cfg = self.config
     dtype = cfg.compute_dtype
     block = Bottleneck if cfg.block_type == 'bottleneck' else BasicBlock
+    if cfg.remat:
+      block = nn.remat(block, static_argnums=(2,))  # argument 2 is `train` (self is 0)
     self.conv1 = Conv(cfg.resnet_width, 7, 2, dtype=dtype)
     self.bn1 = BatchNorm(dtype=dtype)
     in_channels = cfg.resnet_width
