@@ -12,17 +12,21 @@ outputs + temporaries), and the allocator's peak where the backend reports one (
 """
 
 import argparse
+import dataclasses
 
 import jax
 import numpy as np
 
-from benchmarks import harness
+from benchmarks import flops, harness
 from configs import default
 from data_pipeline import glove
 from lbdt_jax import sharding, train
 from lbdt_jax.models import LBDT
 
 VOCABULARY = 1000  # word table rows for the training step (frozen vectors, as with GloVe)
+# Dense peak TFLOP/s by device kind, for model-FLOPs utilisation: (float32 as TF32, bfloat16). Vendor figures.
+PEAK_TFLOPS = {'H100': (494.7, 989.4), 'H200': (494.7, 989.4), 'A100': (156.0, 312.0)}
+TRAINING_FLOPS_PER_FORWARD = 3  # backward ~ 2x forward (gradients of activations and of weights)
 
 
 def inference_benchmark(config, batch: int, repeats: int) -> dict:
@@ -87,6 +91,13 @@ def training_benchmark(config, batch: int, repeats: int) -> dict:
           'memory_bytes': harness.compiled_memory_bytes(compiled), 'peak_bytes': harness.peak_device_memory_bytes()}
 
 
+def peak_flops(device_kind: str, dtype: str) -> float | None:
+  for name, (tf32, bf16) in PEAK_TFLOPS.items():
+    if name in device_kind:
+      return 1e12 * (bf16 if dtype == 'bfloat16' else tf32)
+  return None
+
+
 def _calls_per_measurement(batch: int) -> int:
   """Back-to-back calls per measurement: enough to keep an accelerator's queue full, one on the CPU."""
   return 1 if jax.default_backend() == 'cpu' else max(2, 64 // batch)
@@ -135,13 +146,21 @@ def main(argv=None):
   unknown = set(dtypes) - {'float32', 'bfloat16'} | set(modes) - {'inference', 'train'}
   if unknown:
     parser.error(f'unknown dtypes/modes: {sorted(unknown)}')
+  forward_flops = None
   results = []
   for mode in modes:
     for dtype in dtypes:
       for batch in batch_sizes:
         config = training_config(args.layers, args.size, batch, dtype, args.remat)
+        if forward_flops is None:  # counted once, in float32 (benchmarks.flops)
+          counted = dataclasses.replace(train.model_config(config), dtype='float32', remat=False)
+          forward_flops = flops.model_flops(counted, args.size, harness.NUM_WORDS)
         run = inference_benchmark if mode == 'inference' else training_benchmark
         result = {'mode': mode, 'dtype': dtype, 'batch': batch, **run(config, batch, args.repeats)}
+        per_item = forward_flops * (TRAINING_FLOPS_PER_FORWARD if mode == 'train' else 1)
+        result['model_tflops_per_second'] = result['items_per_second'] * per_item / 1e12
+        peak = peak_flops(info['device'], dtype)
+        result['model_flops_utilisation'] = result['model_tflops_per_second'] * 1e12 / peak if peak else None
         results.append(result)
         timing = result['timing']
         print(f'{mode} {dtype} batch {batch}: {result["items_per_second"]:.2f}/s (median {timing["median"]:.4f} s, '
@@ -153,11 +172,14 @@ def main(argv=None):
     memory = r['memory_bytes']
     rows.append([r['mode'], r['dtype'], r['batch'], f'{r["items_per_second"]:.2f}', f'{t["median"] * 1e3:.1f}',
                  f'{t["minimum"] * 1e3:.1f}–{t["maximum"] * 1e3:.1f}', f'{r["compile_seconds"]:.1f}',
-                 f'{memory / r["batch"] / 2**20:.0f}' if memory else '—'])
+                 f'{memory / r["batch"] / 2**20:.0f}' if memory else '—', f'{r["model_tflops_per_second"]:.2f}',
+                 f'{100 * r["model_flops_utilisation"]:.0f}%' if r['model_flops_utilisation'] else '—'])
   print(harness.markdown_table(['mode', 'dtype', 'batch', 'items/s', 'median ms', 'min–max ms', 'compile s',
-                                'memory MiB/sample'], rows))
+                                'memory MiB/sample', 'model TFLOP/s', 'MFU'], rows))
+  print(f'Model FLOPs: {forward_flops / 1e9:.1f} GFLOPs per frame forward (benchmarks.flops), x'
+        f'{TRAINING_FLOPS_PER_FORWARD} per training sample; memory: XLA\'s accounting of one call / batch')
   harness.write_json(args.json, {'machine': info, 'layers': args.layers, 'size': args.size, 'remat': args.remat,
-                                 'results': results})
+                                 'forward_flops': forward_flops, 'results': results})
   if args.plot:
     plot(results, args.plot, f'LBDT-{args.layers}, {args.size}×{args.size}; {harness.describe(info)}')
 

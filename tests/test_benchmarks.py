@@ -59,6 +59,10 @@ def test_throughput_inference_reports_rates_and_writes_json_and_plot(tmp_path, m
   result = json.loads((tmp_path / 'out.json').read_text())
   assert [r['batch'] for r in result['results']] == [1, 2]
   assert all(r['items_per_second'] > 0 and r['memory_bytes'] > 0 for r in result['results'])
+  # Model FLOP rate = items/s x the forward FLOPs of the benchmarked (tiny) model.
+  assert result['forward_flops'] > 0
+  for r in result['results']:
+    assert r['model_tflops_per_second'] == pytest.approx(r['items_per_second'] * result['forward_flops'] / 1e12)
   assert (tmp_path / 'out.png').stat().st_size > 0
 
 
