@@ -10,8 +10,8 @@ same state dict goes through our converter into our model. Checked first: eval-m
 loss of the first step, agree. Then timed (benchmarks/harness.py method) in each framework's default precision:
 inference at each batch size (eval mode, no gradients) and one training step on the same batch: forward, the
 reference's loss (0.5 BCE with pos_weight 1.5 + 0.5 dice), backward and AdamW (lr 1e-4, weight decay 5e-4), with
-BatchNorm in training mode. Dropout is off in both models so that their losses can be compared. On CPU the
-reference's two `.cuda()` calls (positional encodings) are redirected to the CPU while it runs.
+BatchNorm in training mode. Dropout is off in both models so that their losses can be compared. The reference's
+two `.cuda()` calls (positional encodings) are redirected to the chosen device while it runs.
 """
 
 import argparse
@@ -60,10 +60,8 @@ def import_reference(path: str):
 
 @contextlib.contextmanager
 def cuda_calls_on(torch, device: str):
-  """The reference hard-codes `.cuda()` for its positional encodings; on another device they go there instead."""
-  if device.startswith('cuda'):
-    yield
-    return
+  """The reference hard-codes `.cuda()` for its positional encodings: while it runs they go to `device` instead
+  (the CPU, or the chosen GPU)."""
   original = torch.Tensor.cuda
   torch.Tensor.cuda = lambda tensor, *args, **kwargs: tensor.to(device)
   try:
