@@ -28,8 +28,8 @@ def _kernel_gradient_by_matmuls(x, output_gradient, kernel_shape, stride: int, p
   """dL/dkernel of `_convolution` as one [positions, C_in]^T x [positions, C_out] matmul per kernel offset.
 
   XLA:CPU computes this gradient as a convolution whose window is the whole feature map, after transposing the
-  activations to [C, H, W, B] (batch innermost). For 1x1 kernels and small maps the matmuls are 2-5x faster on
-  CPU (benchmarks/README); accumulates in at least float32.
+  activations to [C, H, W, B] (batch innermost). For 1x1 kernels and small maps the matmuls were 2-5x faster on
+  a 2-core CPU (README, Performance); accumulates in at least float32.
   """
   kernel_height, kernel_width, in_channels, out_channels = kernel_shape
   batch, out_height, out_width, _ = output_gradient.shape
@@ -60,7 +60,7 @@ MATMUL_KERNEL_GRADIENT_MAX_POSITIONS = 32 * 32
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x, kernel, stride: int, padding: int):
   """NHWC x HWIO convolution with symmetric zero padding. Same values and gradients as `lax.conv_general_dilated`;
-  on CPU the kernel gradient is computed by `_kernel_gradient_by_matmuls`."""
+  on CPU the kernel gradient of 1x1 kernels and small maps is computed by `_kernel_gradient_by_matmuls`."""
   return _convolution(x, kernel, stride, padding)
 
 
