@@ -135,9 +135,7 @@ class Comparison:
       self.wait_torch = lambda _: None
 
   def input_sets(self, batch: int) -> list[dict]:
-    first = harness.model_inputs(batch, self.args.size)
-    count = harness.number_of_input_sets(sum(x.nbytes for x in first.values()))
-    return [harness.model_inputs(batch, self.args.size, seed=seed) for seed in range(count)]
+    return harness.input_sets(lambda seed: harness.model_inputs(batch, self.args.size, seed=seed))
 
   def check_logits(self) -> dict:
     inputs = harness.model_inputs(2, self.args.size, seed=100)
@@ -145,8 +143,7 @@ class Comparison:
     with self.torch.inference_mode(), cuda_calls_on(self.torch, self.args.device):
       reference = self.reference(*torch_inputs(self.torch, inputs, self.args.device)).float().cpu().numpy()
     with jax.default_matmul_precision('highest'):
-      ours = np.asarray(jax.jit(self.model.apply)(self.variables, inputs['frame'], inputs['frame_difference'],
-                                                  inputs['words'], inputs['word_mask']))
+      ours = np.asarray(jax.jit(self.model.apply)(self.variables, *harness.model_arguments(inputs)))
     return {'relative_l2': relative_l2(ours, reference), 'max_abs': float(np.max(np.abs(ours - reference.reshape(
         ours.shape)))), 'tolerance': LOGITS_TOLERANCE}
 
@@ -158,23 +155,23 @@ class Comparison:
                                 wait=self.wait_torch)
 
   def time_our_inference(self, batch: int) -> tuple[harness.Timing, float]:
-    sets = [jax.device_put(inputs) for inputs in self.input_sets(batch)]
-    apply = jax.jit(lambda v, x: self.model.apply(v, x['frame'], x['frame_difference'], x['words'], x['word_mask']))
-    compiled, compile_seconds = harness.timed_compile(apply, self.variables, sets[0])
-    return harness.time_calls(lambda i: compiled(self.variables, sets[i % len(sets)]),
-                              repeats=self.args.repeats), compile_seconds
+    timing, compile_seconds, _ = harness.time_inference(self.model, self.variables, self.input_sets(batch),
+                                                        repeats=self.args.repeats)
+    return timing, compile_seconds
 
   def training_batches(self):
     """The same batches for both: word vectors become a frozen table whose ids the trainer looks up."""
     batch, size = self.args.train_batch, self.args.size
     sets = self.input_sets(batch)
     masks = [harness.ground_truth(batch, size, seed) for seed in range(len(sets))]
-    vectors = [np.zeros((2, 300), np.float32)] + [inputs['words'].reshape(-1, 300) for inputs in sets]
-    table = glove.WordTable(('', glove.UNKNOWN_TOKEN) + tuple(f'w{i}' for i in range(len(sets) * batch * 25)),
+    words_per_batch = batch * harness.NUM_WORDS
+    vectors = [np.zeros((2, glove.GLOVE_DIM), np.float32)] + [
+        inputs['words'].reshape(-1, glove.GLOVE_DIM) for inputs in sets]
+    table = glove.WordTable(('', glove.UNKNOWN_TOKEN) + tuple(f'w{i}' for i in range(len(sets) * words_per_batch)),
                             np.concatenate(vectors), trainable=False)
     ours = []
     for k, inputs in enumerate(sets):
-      ids = 2 + k * batch * 25 + np.arange(batch * 25).reshape(batch, 25)
+      ids = 2 + k * words_per_batch + np.arange(words_per_batch).reshape(batch, harness.NUM_WORDS)
       ours.append({'frame': inputs['frame'], 'frame_difference': inputs['frame_difference'],
                    'word_ids': np.where(inputs['word_mask'] > 0, ids, 0).astype(np.int32),
                    'word_mask': inputs['word_mask'], 'mask': masks[k]})
@@ -195,15 +192,8 @@ class Comparison:
     state = jax.device_put(state.replace(params=params, batch_stats=self.variables['batch_stats'],
                                          opt_state=optimizer.init(params)), shardings)
     batches = [sharding.global_batch(batch, mesh) for batch in ours]
-    compiled, compile_seconds = harness.timed_compile(step_fn, state, batches[0])
-    holder = {'state': state, 'losses': []}
-
-    def our_step(i):
-      holder['state'], metrics = compiled(holder['state'], batches[i % len(batches)])
-      holder['losses'].append(metrics['loss'])
-      return metrics['loss']
-
-    our_timing = harness.time_calls(our_step, repeats=self.args.repeats)
+    our_timing, compile_seconds, _, our_losses = harness.time_train_steps(step_fn, state, batches,
+                                                                         repeats=self.args.repeats)
     # The reference: its model in training mode, AdamW as its train.py.
     torch = self.torch
     self.reference.train()
@@ -221,7 +211,7 @@ class Comparison:
 
     with cuda_calls_on(torch, self.args.device):
       reference_timing = harness.time_calls(reference_step, repeats=self.args.repeats, wait=self.wait_torch)
-    first_ours, first_reference = float(holder['losses'][0]), float(reference_losses[0])
+    first_ours, first_reference = float(our_losses[0]), float(reference_losses[0])
     return {'ours': our_timing, 'reference': reference_timing, 'compile_seconds': compile_seconds,
             'first_loss': {'ours': first_ours, 'reference': first_reference,
                            'relative_difference': abs(first_ours - first_reference) / abs(first_reference),
@@ -266,7 +256,7 @@ def main(argv=None):
                                    'our_compile_seconds': compile_seconds}
     rows.append([f'inference, batch {batch} (frames/s)', f'{batch / reference.median:.2f}', f'{batch / ours.median:.2f}',
                  f'{reference.median / ours.median:.2f}×', f'{compile_seconds:.1f}'])
-    print(rows[-1], flush=True)
+    print(' | '.join(rows[-1]), flush=True)
   training = comparison.time_training()
   results['training'] = {'reference': training['reference'].as_dict(), 'ours': training['ours'].as_dict(),
                          'our_compile_seconds': training['compile_seconds'], 'first_loss': training['first_loss']}

@@ -69,6 +69,18 @@ def number_of_input_sets(bytes_per_set: int) -> int:
   return int(min(MAX_INPUT_SETS, max(2, math.ceil(CACHE_BUSTING_BYTES / max(1, bytes_per_set)))))
 
 
+def input_sets(make: Callable[[int], dict]) -> list[dict]:
+  """Distinct batches `make(seed)`, as many as `number_of_input_sets` asks for."""
+  first = make(0)
+  count = number_of_input_sets(sum(x.nbytes for x in first.values()))
+  return [first] + [make(seed) for seed in range(1, count)]
+
+
+def model_arguments(inputs: dict) -> tuple:
+  """The positional inputs of `LBDT.apply` from a `model_inputs` dict."""
+  return tuple(inputs[key] for key in ('frame', 'frame_difference', 'words', 'word_mask'))
+
+
 @dataclasses.dataclass
 class Timing:
   median: float  # seconds per call
@@ -104,6 +116,29 @@ def timed_compile(jitted, *args):
   start = time.perf_counter()
   compiled = jitted.lower(*args).compile()
   return compiled, time.perf_counter() - start
+
+
+def time_inference(model, variables, sets: list, *, repeats: int, calls: int = 1):
+  """(Timing, compile seconds, compiled) of the jitted eval-mode forward pass over the rotating input sets."""
+  sets = [jax.device_put(inputs) for inputs in sets]
+  apply = jax.jit(lambda v, x: model.apply(v, *model_arguments(x)))
+  compiled, compile_seconds = timed_compile(apply, variables, sets[0])
+  timing = time_calls(lambda i: compiled(variables, sets[i % len(sets)]), repeats=repeats, calls=calls)
+  return timing, compile_seconds, compiled
+
+
+def time_train_steps(step_fn, state, batches: list, *, repeats: int, calls: int = 1):
+  """(Timing, compile seconds, compiled, losses of every call) of a jitted train step that donates its state."""
+  compiled, compile_seconds = timed_compile(step_fn, state, batches[0])
+  holder, losses = {'state': state}, []
+
+  def call(i):
+    holder['state'], metrics = compiled(holder['state'], batches[i % len(batches)])
+    losses.append(metrics['loss'])
+    return metrics['loss']
+
+  timing = time_calls(call, repeats=repeats, calls=calls)
+  return timing, compile_seconds, compiled, losses
 
 
 def compiled_memory_bytes(compiled) -> int | None:

@@ -31,21 +31,12 @@ TRAINING_FLOPS_PER_FORWARD = 3  # backward ~ 2x forward (gradients of activation
 
 def inference_benchmark(config, batch: int, repeats: int) -> dict:
   model = LBDT(train.model_config(config))
-  size = config.input_height
-  first = harness.model_inputs(batch, size)
-  sets = harness.number_of_input_sets(sum(x.nbytes for x in first.values()))
-  inputs = [jax.device_put(harness.model_inputs(batch, size, seed=seed)) for seed in range(sets)]
-  variables = jax.jit(lambda key, x: model.init(key, *_positional(x)))(jax.random.key(0), inputs[0])
-  apply = jax.jit(lambda v, x: model.apply(v, *_positional(x)))
-  compiled, compile_seconds = harness.timed_compile(apply, variables, inputs[0])
-  timing = harness.time_calls(lambda i: compiled(variables, inputs[i % sets]), repeats=repeats,
-                              calls=_calls_per_measurement(batch))
+  sets = harness.input_sets(lambda seed: harness.model_inputs(batch, config.input_height, seed=seed))
+  variables = jax.jit(lambda key, x: model.init(key, *harness.model_arguments(x)))(jax.random.key(0), sets[0])
+  timing, compile_seconds, compiled = harness.time_inference(model, variables, sets, repeats=repeats,
+                                                             calls=_calls_per_measurement(batch))
   return {'compile_seconds': compile_seconds, 'timing': timing.as_dict(),
           'items_per_second': batch / timing.median, 'memory_bytes': harness.compiled_memory_bytes(compiled)}
-
-
-def _positional(inputs: dict) -> tuple:
-  return tuple(inputs[key] for key in ('frame', 'frame_difference', 'words', 'word_mask'))
 
 
 def training_config(layers: int, size: int, batch: int, dtype: str, remat: bool = False):
@@ -75,18 +66,10 @@ def training_benchmark(config, batch: int, repeats: int) -> dict:
   mesh = sharding.make_mesh()
   model = LBDT(train.model_config(config))
   state, _, step_fn, _ = train.create_state_and_step(config, model, mesh, benchmark_table(), steps_per_epoch=1000)
-  size = config.input_height
-  first = training_batch(batch, size, 0)
-  sets = harness.number_of_input_sets(sum(x.nbytes for x in first.values()))
-  batches = [sharding.global_batch(training_batch(batch, size, seed), mesh) for seed in range(sets)]
-  compiled, compile_seconds = harness.timed_compile(step_fn, state, batches[0])
-  holder = {'state': state}
-
-  def call(i):
-    holder['state'], metrics = compiled(holder['state'], batches[i % sets])
-    return metrics['loss']
-
-  timing = harness.time_calls(call, repeats=repeats, calls=_calls_per_measurement(batch))
+  batches = [sharding.global_batch(b, mesh) for b in harness.input_sets(
+      lambda seed: training_batch(batch, config.input_height, seed))]
+  timing, compile_seconds, compiled, _ = harness.time_train_steps(step_fn, state, batches, repeats=repeats,
+                                                                  calls=_calls_per_measurement(batch))
   return {'compile_seconds': compile_seconds, 'timing': timing.as_dict(), 'items_per_second': batch / timing.median,
           'memory_bytes': harness.compiled_memory_bytes(compiled), 'peak_bytes': harness.peak_device_memory_bytes()}
 
