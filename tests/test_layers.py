@@ -166,16 +166,17 @@ def test_positional_encodings_match_the_reference_float32_values():
     sinusoid_2d(2, 2, 6)
 
 
-@pytest.mark.parametrize('kernel, stride, size', [(3, 1, 8), (3, 2, 8), (3, 2, 7), (1, 1, 5), (1, 2, 8), (7, 2, 16),
-                                                  (3, 1, 40)])
-def test_conv2d_gradients_equal_xla_convolution_gradients(kernel, stride, size):
-  """conv2d's own kernel gradient (matmuls on CPU for 1x1 kernels and small maps, XLA's elsewhere) and its input
-  gradient equal those of lax.conv_general_dilated with the same explicit padding."""
+@pytest.mark.parametrize('kernel, stride, size, pad', [
+    (3, 1, 8, 1), (3, 2, 8, 1), (3, 2, 7, 1), (1, 1, 5, 0), (1, 2, 8, 0), (7, 2, 16, 3),  # windows of the input
+    (3, 1, 40, 1), (3, 1, 36, 0), (5, 1, 34, 1),  # stride 1 on maps over 32x32: windows of the output gradient
+    (7, 2, 70, 3)])  # strided on a large map: XLA's own
+def test_conv2d_gradients_equal_xla_convolution_gradients(kernel, stride, size, pad):
+  """conv2d's own kernel gradient (each of the forms `_cpu_kernel_gradient` picks on CPU) and its input gradient
+  equal those of lax.conv_general_dilated with the same explicit padding."""
   rng = np.random.default_rng(kernel * 100 + stride * 10 + size)
   with jax.enable_x64(True):
     x = jnp.asarray(rng.standard_normal((2, size, size, 5)))
     weights = jnp.asarray(rng.standard_normal((kernel, kernel, 5, 4)))
-    pad = kernel // 2
 
     def loss(convolve, x, weights):
       return jnp.sum(jnp.sin(convolve(x, weights)))
@@ -186,6 +187,13 @@ def test_conv2d_gradients_equal_xla_convolution_gradients(kernel, stride, size):
                    (0, 1))(x, weights)
     for a, b in zip(ours, xla):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
+
+
+def test_cpu_kernel_gradient_form_follows_kernel_stride_and_map_size():
+  assert layers._cpu_kernel_gradient((1, 1, 256, 64), 1, 80 * 80) is layers._kernel_gradient_by_matmuls
+  assert layers._cpu_kernel_gradient((3, 3, 512, 512), 2, 10 * 10) is layers._kernel_gradient_by_matmuls
+  assert layers._cpu_kernel_gradient((3, 3, 256, 128), 1, 80 * 80) is layers._kernel_gradient_by_shifted_gradients
+  assert layers._cpu_kernel_gradient((7, 7, 3, 64), 2, 160 * 160) is layers._kernel_gradient_by_convolution
 
 
 @pytest.mark.parametrize('dtype, tolerance', [('float32', 1e-6), ('bfloat16', 2e-2)])

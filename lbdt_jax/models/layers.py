@@ -24,27 +24,57 @@ def _convolution(x, kernel, stride: int, padding: int):
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
+def _sum_of_products_per_offset(operands, kernel_shape, dtype):
+  """The kernel gradient [k, k, C_in, C_out] from `operands(i, j)` -> ([positions, C_in], [positions, C_out]) per
+  kernel offset: one matmul each over the positions, accumulated in at least float32."""
+  kernel_height, kernel_width = kernel_shape[:2]
+  products = [jax.lax.dot_general(*operands(i, j), (((0,), (0,)), ((), ())), preferred_element_type=stats_dtype(dtype))
+              for i in range(kernel_height) for j in range(kernel_width)]
+  return jnp.stack(products).reshape(kernel_shape).astype(dtype)
+
+
 def _kernel_gradient_by_matmuls(x, output_gradient, kernel_shape, stride: int, padding: int):
   """dL/dkernel of `_convolution` as one [positions, C_in]^T x [positions, C_out] matmul per kernel offset.
 
   XLA:CPU computes this gradient as a convolution whose window is the whole feature map, after transposing the
-  activations to [C, H, W, B] (batch innermost). For 1x1 kernels and small maps the matmuls were 2-5x faster on
-  a 2-core CPU (README, Performance); accumulates in at least float32.
+  activations to [C, H, W, B] (batch innermost). For 1x1 kernels and small maps the matmuls over strided windows
+  of the input were 2-5x faster on a 2-core CPU (README, Performance).
   """
-  kernel_height, kernel_width, in_channels, out_channels = kernel_shape
+  _, _, in_channels, out_channels = kernel_shape
   batch, out_height, out_width, _ = output_gradient.shape
   padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
   gradient = output_gradient.reshape(-1, out_channels)
-  offsets = []
-  for i in range(kernel_height):
-    for j in range(kernel_width):
-      window = jax.lax.slice(
-          padded, (0, i, j, 0),
-          (batch, i + (out_height - 1) * stride + 1, j + (out_width - 1) * stride + 1, in_channels),
-          (1, stride, stride, 1))
-      offsets.append(jax.lax.dot_general(window.reshape(-1, in_channels), gradient, (((0,), (0,)), ((), ())),
-                                         preferred_element_type=stats_dtype(x.dtype)))
-  return jnp.stack(offsets).reshape(kernel_shape).astype(x.dtype)
+
+  def operands(i, j):
+    window = jax.lax.slice(
+        padded, (0, i, j, 0), (batch, i + (out_height - 1) * stride + 1, j + (out_width - 1) * stride + 1,
+                               in_channels), (1, stride, stride, 1))
+    return window.reshape(-1, in_channels), gradient
+
+  return _sum_of_products_per_offset(operands, kernel_shape, x.dtype)
+
+
+def _kernel_gradient_by_shifted_gradients(x, output_gradient, kernel_shape, stride: int, padding: int):
+  """dL/dkernel of a stride-1 `_convolution` as one [positions, C_in]^T x [positions, C_out] matmul per kernel
+  offset, shifting the (zero-padded) output gradient instead of the input.
+
+  For offset (i, j), sum_p x_padded[p + (i, j)] g[p] = sum_q x[q] g_padded[q + (k - 1 - i, k - 1 - j)], with g padded
+  by k - 1 - padding on every side. The input is read whole: on large maps XLA:CPU otherwise recomputes the
+  producers of every window (or of its [C, H, W, B] transpose) from the residual stream.
+  """
+  assert stride == 1, stride
+  kernel_height, kernel_width, in_channels, out_channels = kernel_shape
+  batch, height, width, _ = x.shape
+  rows, columns = kernel_height - 1 - padding, kernel_width - 1 - padding
+  padded = jnp.pad(output_gradient, ((0, 0), (rows, rows), (columns, columns), (0, 0)))
+  inputs = x.reshape(-1, in_channels)
+
+  def operands(i, j):
+    top, left = kernel_height - 1 - i, kernel_width - 1 - j
+    window = jax.lax.slice(padded, (0, top, left, 0), (batch, top + height, left + width, out_channels))
+    return inputs, window.reshape(-1, out_channels)
+
+  return _sum_of_products_per_offset(operands, kernel_shape, x.dtype)
 
 
 def _kernel_gradient_by_convolution(x, output_gradient, kernel_shape, stride: int, padding: int):
@@ -52,15 +82,24 @@ def _kernel_gradient_by_convolution(x, output_gradient, kernel_shape, stride: in
   return jax.vjp(lambda k: _convolution(x, k, stride, padding), kernel)[1](output_gradient)[0]
 
 
-# On CPU, XLA's own kernel gradient is faster only for spatial kernels over large maps (strided slices of the input
-# cost more than its transposes there).
+# Up to this many output positions, slicing the input per kernel offset is cheapest on CPU.
 MATMUL_KERNEL_GRADIENT_MAX_POSITIONS = 32 * 32
+
+
+def _cpu_kernel_gradient(kernel_shape, stride: int, positions: int):
+  """The kernel-gradient form that was fastest on XLA:CPU (2-core measurements, README Performance)."""
+  if kernel_shape[0] == 1 or positions <= MATMUL_KERNEL_GRADIENT_MAX_POSITIONS:
+    return _kernel_gradient_by_matmuls
+  if stride == 1:
+    return _kernel_gradient_by_shifted_gradients
+  return _kernel_gradient_by_convolution  # the strided 3x3 and 7x7 convolutions of the encoders
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x, kernel, stride: int, padding: int):
   """NHWC x HWIO convolution with symmetric zero padding. Same values and gradients as `lax.conv_general_dilated`;
-  on CPU the kernel gradient of 1x1 kernels and small maps is computed by `_kernel_gradient_by_matmuls`."""
+  on CPU the kernel gradient is computed as matmuls where that was faster (`_cpu_kernel_gradient`); GPUs and TPUs
+  keep XLA's own."""
   return _convolution(x, kernel, stride, padding)
 
 
@@ -71,14 +110,11 @@ def _conv2d_forward(x, kernel, stride, padding):
 def _conv2d_backward(stride, padding, residuals, output_gradient):
   x, kernel = residuals
   (input_gradient,) = jax.vjp(lambda x: _convolution(x, kernel, stride, padding), x)[1](output_gradient)
-
-  by_convolution = functools.partial(_kernel_gradient_by_convolution, kernel_shape=kernel.shape, stride=stride,
-                                     padding=padding)
-  by_matmuls = functools.partial(_kernel_gradient_by_matmuls, kernel_shape=kernel.shape, stride=stride,
-                                 padding=padding)
   positions = output_gradient.shape[1] * output_gradient.shape[2]
-  on_cpu = by_matmuls if kernel.shape[0] == 1 or positions <= MATMUL_KERNEL_GRADIENT_MAX_POSITIONS else by_convolution
-  kernel_gradient = jax.lax.platform_dependent(x, output_gradient, default=by_convolution, cpu=on_cpu)
+  options = dict(kernel_shape=kernel.shape, stride=stride, padding=padding)
+  kernel_gradient = jax.lax.platform_dependent(
+      x, output_gradient, default=functools.partial(_kernel_gradient_by_convolution, **options),
+      cpu=functools.partial(_cpu_kernel_gradient(kernel.shape, stride, positions), **options))
   return input_gradient, kernel_gradient
 
 
