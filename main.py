@@ -15,6 +15,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lbdt_jax import host_memory
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/default.py', 'Configuration file (configs/*.py[:options]).')
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results (not used by --mode=prepare).')
@@ -84,4 +86,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  host_memory.use_huge_pages()
   app.run(main)

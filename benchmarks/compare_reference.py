@@ -27,7 +27,7 @@ import numpy as np
 
 from benchmarks import harness, throughput
 from data_pipeline import glove
-from lbdt_jax import convert, sharding, train
+from lbdt_jax import convert, host_memory, sharding, train
 from lbdt_jax.models import LBDT
 from lbdt_jax.tools import check_reference
 
@@ -280,4 +280,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+  host_memory.use_huge_pages()
   main()

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
+from lbdt_jax import host_memory
+
 # Distinct input batches in rotation amount to at least this much (larger than any CPU/GPU last-level cache).
 CACHE_BUSTING_BYTES = 256 * 2**20
 MAX_INPUT_SETS = 8
@@ -35,12 +37,14 @@ def machine() -> dict:
   except OSError:
     pass
   return {'backend': jax.default_backend(), 'device': device.device_kind, 'device_count': jax.device_count(),
-          'cpu': cpu, 'cpu_cores': os.cpu_count(), 'jax': jax.__version__}
+          'cpu': cpu, 'cpu_cores': os.cpu_count(), 'jax': jax.__version__,
+          'huge_pages': host_memory.huge_pages_requested()}
 
 
 def describe(info: dict) -> str:
   if info['backend'] == 'cpu':
-    return f'CPU: {info["cpu"]}, {info["cpu_cores"]} cores (jax {info["jax"]})'
+    pages = ', huge pages' if info.get('huge_pages') else ''
+    return f'CPU: {info["cpu"]}, {info["cpu_cores"]} cores (jax {info["jax"]}{pages})'
   return f'{info["backend"].upper()}: {info["device"]} ({info["cpu_cores"]} host cores, jax {info["jax"]})'
 
 

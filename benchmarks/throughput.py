@@ -20,7 +20,7 @@ import numpy as np
 from benchmarks import flops, harness
 from configs import default
 from data_pipeline import glove
-from lbdt_jax import sharding, train
+from lbdt_jax import host_memory, sharding, train
 from lbdt_jax.models import LBDT
 
 VOCABULARY = 1000  # word table rows for the training step (frozen vectors, as with GloVe)
@@ -168,4 +168,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+  host_memory.use_huge_pages()
   main()
