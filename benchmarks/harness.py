@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lbdt_jax import host_memory
@@ -93,6 +94,10 @@ class Timing:
   iqr: float
   repeats: int
   calls: int
+  # Per call, from the process's resource usage over the timed calls (None where the OS does not report it):
+  # page faults, and CPU seconds spent in the kernel (zeroing freshly mapped pages, mostly).
+  page_faults: float | None = None
+  system_seconds: float | None = None
 
   def as_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -104,6 +109,7 @@ def time_calls(call: Callable[[int], object], *, repeats: int, calls: int = 1,
   wait(call(0))  # warm-up
   times = []
   counter = 1
+  usage_before = _process_usage()
   for _ in range(repeats):
     start = time.perf_counter()
     for _ in range(calls):
@@ -111,8 +117,21 @@ def time_calls(call: Callable[[int], object], *, repeats: int, calls: int = 1,
       counter += 1
     wait(result)
     times.append((time.perf_counter() - start) / calls)
+  usage_after = _process_usage()
+  per_call = [(after - before) / (repeats * calls) for before, after in zip(usage_before, usage_after)] or [None] * 2
   quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-  return Timing(statistics.median(times), min(times), max(times), quartiles[2] - quartiles[0], repeats, calls)
+  return Timing(statistics.median(times), min(times), max(times), quartiles[2] - quartiles[0], repeats, calls,
+                *per_call)
+
+
+def _process_usage() -> tuple[float, ...]:
+  """(page faults, kernel CPU seconds) of this process so far; empty where the OS has no getrusage."""
+  try:
+    import resource  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return ()
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_minflt + usage.ru_majflt, usage.ru_stime
 
 
 def timed_compile(jitted, *args):
@@ -120,6 +139,23 @@ def timed_compile(jitted, *args):
   start = time.perf_counter()
   compiled = jitted.lower(*args).compile()
   return compiled, time.perf_counter() - start
+
+
+MATMUL_PEAK_SIZES = (1024, 2048, 4096)
+
+
+def matmul_peak_flops(dtype: str, sizes: Sequence[int] = MATMUL_PEAK_SIZES, repeats: int = 10) -> float:
+  """The FLOP/s of the fastest square matmul call on the default device: the compute ceiling this machine reaches
+  through XLA, for utilisation figures where no vendor peak is listed (CPUs). The fastest call, not the median:
+  on a shared machine interference only slows calls down (medians varied 0.32-0.46 TFLOP/s between runs on
+  the 2-core test machine, the fastest calls 0.38-0.47)."""
+  best = 0.0
+  for size in sizes:
+    matrix = jax.device_put(jnp.ones((size, size), dtype))
+    compiled, _ = timed_compile(jax.jit(jnp.matmul), matrix, matrix)
+    timing = time_calls(lambda _: compiled(matrix, matrix), repeats=repeats)
+    best = max(best, 2 * size**3 / timing.minimum)
+  return best
 
 
 def time_inference(model, variables, sets: list, *, repeats: int, calls: int = 1):

@@ -7,8 +7,9 @@ Inference is the jitted `LBDT.apply` in eval mode on word vectors; training is t
 `train_step` (forward, loss, backward, AdamW, BatchNorm statistics; state donated), built by
 `lbdt_jax.train.create_state_and_step` from `configs/default.py`. Compile time is reported apart from step time
 (see benchmarks/harness.py for the timing method). Memory: XLA's accounting of one compiled call (arguments +
-outputs + temporaries), and the allocator's peak where the backend reports one (GPU/TPU). Defaults: batch sizes
-1, 2, 4 on CPU and 1 to 256 on accelerators.
+outputs + temporaries), and the allocator's peak where the backend reports one (GPU/TPU). Model FLOPs utilisation
+(MFU) is against the vendor's dense peak on known GPUs and, on CPUs, against this machine's fastest measured
+matmul. Defaults: batch sizes 1, 2, 4 on CPU and 1 to 256 on accelerators.
 """
 
 import argparse
@@ -81,6 +82,17 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
   return None
 
 
+def utilisation_peak(info: dict, dtype: str) -> dict:
+  """The FLOP/s that MFU is relative to: the vendor's dense peak for known accelerators, on CPUs this machine's
+  fastest measured matmul (harness.matmul_peak_flops)."""
+  vendor = peak_flops(info['device'], dtype)
+  if vendor:
+    return {'flops_per_second': vendor, 'source': f'dense peak of {info["device"]} (vendor)'}
+  if info['backend'] == 'cpu':
+    return {'flops_per_second': harness.matmul_peak_flops(dtype), 'source': 'fastest measured square matmul'}
+  return {'flops_per_second': None, 'source': 'unknown device'}
+
+
 def _calls_per_measurement(batch: int) -> int:
   """Back-to-back calls per measurement: enough to keep an accelerator's queue full, one on the CPU."""
   return 1 if jax.default_backend() == 'cpu' else max(2, 64 // batch)
@@ -129,6 +141,7 @@ def main(argv=None):
   unknown = set(dtypes) - {'float32', 'bfloat16'} | set(modes) - {'inference', 'train'}
   if unknown:
     parser.error(f'unknown dtypes/modes: {sorted(unknown)}')
+  peaks = {dtype: utilisation_peak(info, dtype) for dtype in dtypes}
   forward_flops = None
   results = []
   for mode in modes:
@@ -142,7 +155,7 @@ def main(argv=None):
         result = {'mode': mode, 'dtype': dtype, 'batch': batch, **run(config, batch, args.repeats)}
         per_item = forward_flops * (TRAINING_FLOPS_PER_FORWARD if mode == 'train' else 1)
         result['model_tflops_per_second'] = result['items_per_second'] * per_item / 1e12
-        peak = peak_flops(info['device'], dtype)
+        peak = peaks[dtype]['flops_per_second']
         result['model_flops_utilisation'] = result['model_tflops_per_second'] * 1e12 / peak if peak else None
         results.append(result)
         timing = result['timing']
@@ -156,13 +169,19 @@ def main(argv=None):
     rows.append([r['mode'], r['dtype'], r['batch'], f'{r["items_per_second"]:.2f}', f'{t["median"] * 1e3:.1f}',
                  f'{t["minimum"] * 1e3:.1f}–{t["maximum"] * 1e3:.1f}', f'{r["compile_seconds"]:.1f}',
                  f'{memory / r["batch"] / 2**20:.0f}' if memory else '—', f'{r["model_tflops_per_second"]:.2f}',
-                 f'{100 * r["model_flops_utilisation"]:.0f}%' if r['model_flops_utilisation'] else '—'])
+                 f'{100 * r["model_flops_utilisation"]:.0f}%' if r['model_flops_utilisation'] else '—',
+                 f'{t["page_faults"] / 1e3:.1f}' if t['page_faults'] is not None else '—',
+                 f'{t["system_seconds"]:.2f}' if t['system_seconds'] is not None else '—'])
   print(harness.markdown_table(['mode', 'dtype', 'batch', 'items/s', 'median ms', 'min–max ms', 'compile s',
-                                'memory MiB/sample', 'model TFLOP/s', 'MFU'], rows))
+                                'memory MiB/sample', 'model TFLOP/s', 'MFU', 'page faults/call (k)',
+                                'kernel CPU s/call'], rows))
   print(f'Model FLOPs: {forward_flops / 1e9:.1f} GFLOPs per frame forward (benchmarks.flops), x'
         f'{TRAINING_FLOPS_PER_FORWARD} per training sample; memory: XLA\'s accounting of one call / batch')
+  for dtype, peak in peaks.items():
+    rate = f'{peak["flops_per_second"] / 1e12:.3f} TFLOP/s' if peak['flops_per_second'] else 'no peak'
+    print(f'MFU {dtype}: against {rate}, {peak["source"]}')
   harness.write_json(args.json, {'machine': info, 'layers': args.layers, 'size': args.size, 'remat': args.remat,
-                                 'forward_flops': forward_flops, 'results': results})
+                                 'forward_flops': forward_flops, 'peaks': peaks, 'results': results})
   if args.plot:
     plot(results, args.plot, f'LBDT-{args.layers}, {args.size}×{args.size}; {harness.describe(info)}')
 

@@ -2,9 +2,9 @@
 
 XLA:CPU allocates the temporaries of every call afresh. glibc serves blocks above 32 MiB with `mmap` and unmaps
 them on free, so each training step touches gigabytes of new 4 KiB pages, and the kernel zeroes every one of them.
-On the 2-core test machine a batch-8 LBDT-4 training step at 320x320 took 2.3 M page faults and 6.9 CPU-seconds in
-the kernel (13.1 s per step); with glibc's `glibc.malloc.hugetlb=1` tunable, malloc asks for transparent huge pages
-(`madvise`) and the same step took 19 k faults, 1.8 s in the kernel and 9.3 s per step (README, Performance).
+On the 2-core test machine a batch-8 LBDT-4 training step at 320x320 took 2.2 M page faults and 6.3 CPU-seconds in
+the kernel (11.4 s per step); with glibc's `glibc.malloc.hugetlb=1` tunable, malloc asks for transparent huge pages
+(`madvise`) and the same step took 34 k faults, 1.7 s in the kernel and 9.0 s per step (README, Performance).
 
 glibc reads its tunables once, when the process starts, so `use_huge_pages` starts the program again (`exec`, same
 arguments) with the tunable added. Set LBDT_HUGE_PAGES=0, or set the tunable yourself, to keep the process as

@@ -2,8 +2,10 @@
 language-bridge study's bookkeeping. Timings themselves are never asserted."""
 
 import json
+import mmap
 import os
 import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,20 @@ def test_time_calls_warms_up_cycles_inputs_and_waits_once_per_measurement():
   assert waits == [0, 4, 8, 12]  # the warm-up's result, then the last call of each measurement
   assert timing.repeats == 3 and timing.calls == 4
   assert timing.minimum <= timing.median <= timing.maximum and timing.iqr >= 0
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason='counts page faults with getrusage')
+def test_time_calls_counts_page_faults_of_fresh_memory():
+  page = mmap.PAGESIZE
+
+  def touch_a_fresh_mapping(_):
+    block = mmap.mmap(-1, 256 * page)
+    for offset in range(0, 256 * page, page):
+      block[offset] = 1
+    block.close()
+
+  timing = harness.time_calls(touch_a_fresh_mapping, repeats=3, wait=lambda _: None)
+  assert timing.page_faults >= 256 and timing.system_seconds >= 0
 
 
 def test_input_sets_exceed_caches_within_bounds():
@@ -61,9 +77,28 @@ def test_throughput_inference_reports_rates_and_writes_json_and_plot(tmp_path, m
   assert all(r['items_per_second'] > 0 and r['memory_bytes'] > 0 for r in result['results'])
   # Model FLOP rate = items/s x the forward FLOPs of the benchmarked (tiny) model.
   assert result['forward_flops'] > 0
+  # On CPU, utilisation is relative to the fastest measured matmul.
+  peak = result['peaks']['float32']
+  assert peak['source'] == 'fastest measured square matmul' and peak['flops_per_second'] > 0
   for r in result['results']:
     assert r['model_tflops_per_second'] == pytest.approx(r['items_per_second'] * result['forward_flops'] / 1e12)
+    assert r['model_flops_utilisation'] == pytest.approx(r['model_tflops_per_second'] * 1e12 /
+                                                         peak['flops_per_second'])
   assert (tmp_path / 'out.png').stat().st_size > 0
+
+
+def test_matmul_peak_is_the_best_rate_over_sizes(monkeypatch):
+  sizes = []
+  real_compile = harness.timed_compile
+
+  def recording_compile(jitted, matrix, other):
+    sizes.append(matrix.shape[0])
+    return real_compile(jitted, matrix, other)
+
+  monkeypatch.setattr(harness, 'timed_compile', recording_compile)
+  rate = harness.matmul_peak_flops('float32', sizes=(64, 128), repeats=2)
+  assert sizes == [64, 128]
+  assert 1e6 < rate < 1e16
 
 
 def _tiny_benchmark_config(size, batch, dtype):
