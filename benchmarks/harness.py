@@ -22,6 +22,11 @@ import numpy as np
 
 from lbdt_jax import host_memory
 
+try:
+  import resource  # Unix only: page faults and kernel time per call
+except ImportError:
+  resource = None
+
 # Distinct input batches in rotation amount to at least this much (larger than any CPU/GPU last-level cache).
 CACHE_BUSTING_BYTES = 256 * 2**20
 MAX_INPUT_SETS = 8
@@ -126,9 +131,7 @@ def time_calls(call: Callable[[int], object], *, repeats: int, calls: int = 1,
 
 def _process_usage() -> tuple[float, ...]:
   """(page faults, kernel CPU seconds) of this process so far; empty where the OS has no getrusage."""
-  try:
-    import resource  # pylint: disable=import-outside-toplevel
-  except ImportError:
+  if resource is None:
     return ()
   usage = resource.getrusage(resource.RUSAGE_SELF)
   return usage.ru_minflt + usage.ru_majflt, usage.ru_stime
