@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 from pycocotools import mask as mask_utils
 
 from data_pipeline import glove, input_pipeline, prepare, tokenizer
@@ -195,8 +194,10 @@ def evaluate_split(config, model, mesh, params, batch_stats, builder, split: str
   batches = input_pipeline.eval_batches(builder, split, sentences, input_pipeline.Preprocessing.from_config(config),
                                         global_batch_size=config.eval.batch_size,
                                         process_index=jax.process_index(), process_count=jax.process_count())
-  for batch in batches:
+  for index, batch in enumerate(batches):
     inputs = sharding.global_batch({key: batch[key] for key in MODEL_INPUTS}, mesh)
+    if index == 0:
+      sharding.compile_together(predict, params, batch_stats, inputs, name=f'predict {builder.name}:{split}')
     probabilities = sharding.local_rows(predict(params, batch_stats, inputs))
     records += _sample_records(builder.name, batch, probabilities, config.eval.protocol)
     if pictures is not None:
@@ -217,7 +218,7 @@ def _gather_records(records: list[dict], directory: str, tag: str) -> list[dict]
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, f'{tag}.records_{jax.process_index()}.json'), 'w') as f:
     json.dump(records, f)
-  multihost_utils.sync_global_devices(f'records {tag}')
+  sharding.barrier(f'records {tag}')
   if jax.process_index() != 0:
     return None
   combined = []

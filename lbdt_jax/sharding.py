@@ -5,16 +5,21 @@ The mesh has a `data` axis (the batch is split over it) and a `model` axis (size
 array is split along its largest dimension that the axis divides), for models that do not fit one device.
 """
 
+import itertools
 import math
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA, MODEL = 'data', 'model'
 # Arrays smaller than this stay replicated even when parameters are sharded: splitting them saves nothing.
 MIN_SHARDED_SIZE = 2**16
+# How long a process waits at a barrier for the others: long enough for one to prepare a data set or compile.
+BARRIER_TIMEOUT_S = 3600
+_barrier_numbers = itertools.count()
 
 
 def initialize_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
@@ -25,6 +30,25 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None, p
     jax.distributed.initialize()
   logging.info('Process %d of %d; %d local of %d devices', jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
+
+
+def barrier(name: str) -> None:
+  """Waits until every process gets here (a no-op with one process).
+
+  Through the coordination service, not a device collective: on CPU the first collective of every new executable
+  sets up a Gloo context with a fixed 30 s deadline, so processes that arrive further apart than that would fail.
+  """
+  # Barrier keys may be used once; every process numbers its barriers in the same order.
+  ocp.multihost.get_barrier_sync_fn()(key=f'{name} #{next(_barrier_numbers)}', timeout_ms=BARRIER_TIMEOUT_S * 1000)
+
+
+def compile_together(jitted, *args, name: str) -> None:
+  """With several processes: compiles `jitted` for `args` (arrays or ShapeDtypeStructs) into its cache now, then
+  waits for the others, so that its first cross-process collective does not wait for a slower compiler (see
+  `barrier`)."""
+  if jax.process_count() > 1:
+    jitted.lower(*args).compile()
+    barrier(f'compiled {name}')
 
 
 def make_mesh(model_axis: int = 1) -> Mesh:

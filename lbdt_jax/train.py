@@ -20,7 +20,6 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
-from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
 from data_pipeline import glove, input_pipeline, prepare
@@ -225,7 +224,7 @@ def prepare_data(config: ml_collections.ConfigDict) -> dict:
     return prepare.prepare(config)
   if jax.process_index() == 0:
     prepare.prepare(config)
-  multihost_utils.sync_global_devices('data prepared')
+  sharding.barrier('data prepared')
   return prepare.prepare(config)
 
 
@@ -270,6 +269,7 @@ def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
   if config.init.checkpoint or config.init.imagenet:
     state = jax.device_put(_initial_weights(config, sharding.to_host(state), optimizer, lbdt_config, table),
                            state_shardings)
+  sharding.compile_together(step_fn, state, _batch_spec(config, mesh), name='train step')
   return Trainer(config, model, mesh, table, prepared, train_iterator, state, state_shardings, step_fn,
                  total_steps)
 
@@ -306,6 +306,14 @@ def _input_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   h, w, n = config.input_height, config.input_width, config.max_words
   return {'frame': ((1, h, w, 3), np.float32), 'frame_difference': ((1, h, w, 3), np.float32),
           'word_ids': ((1, n), np.int32), 'word_mask': ((1, n), np.int32)}
+
+
+def _batch_spec(config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  """The global training batch `train_step` takes, as shapes and shardings."""
+  shapes = {**_input_shapes(config), 'mask': ((1, config.input_height, config.input_width), np.uint8)}
+  return {key: jax.ShapeDtypeStruct((config.train.batch_size, *shape[1:]), dtype,
+                                    sharding=sharding.batch_sharding(mesh))
+          for key, (shape, dtype) in shapes.items()}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 parser = argparse.ArgumentParser()
 parser.add_argument('--data-dir', required=True)
@@ -26,7 +27,8 @@ parser.add_argument('--adam-eps', type=float, default=1e-8)
 parser.add_argument('--model-axis', type=int, default=1)
 parser.add_argument('--accumulation-steps', type=int, default=1)
 parser.add_argument('--dtype', default='float32')
-parser.add_argument('--params-out', help='write the final parameters here (.npz)')
+parser.add_argument('--params-out', help='write the parameter updates here (.npz: first/NAME after step 1, all/NAME after all)')
+parser.add_argument('--delay', type=float, default=0, help='seconds to sleep before building the trainer')
 args = parser.parse_args()
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            f' --xla_force_host_platform_device_count={args.devices}').strip()
@@ -50,6 +52,7 @@ config.optimizer.eps = args.adam_eps
 config.mesh.model = args.model_axis
 config.train.accumulation_steps = args.accumulation_steps
 config.model.dtype = args.dtype
+time.sleep(args.delay)
 trainer = train.build_trainer(config)
 # Every process reads the global batches a single process would read and keeps its rows, so that runs with any
 # number of processes see the same data.
@@ -60,21 +63,33 @@ global_batches = input_pipeline.TrainIterator(
     input_pipeline.Preprocessing.from_config(config), global_batch_size=args.batch_size, seed=config.seed)
 rows = slice(jax.process_index() * args.batch_size // jax.process_count(),
              (jax.process_index() + 1) * args.batch_size // jax.process_count())
-state, losses = trainer.state, []
-for _ in range(args.steps):
+
+
+def flatten(params):
+  return {'/'.join(str(k.key) for k in path): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(sharding.to_host(params))}
+
+
+state, losses, snapshots = trainer.state, [], []
+if args.params_out:
+  snapshots.append(flatten(state.params))  # copied now: the state is donated to the step
+for step in range(args.steps):
   batch = next(global_batches)
   state, metrics = trainer.step_fn(state, sharding.global_batch({k: batch[k][rows] for k in train.MODEL_INPUTS},
                                                                  trainer.mesh))
   losses.append(float(sharding.to_host(metrics['loss'])))
+  if args.params_out and step == 0:
+    snapshots.append(flatten(state.params))
 if args.workdir:
   manager = checkpointing.manager(args.workdir, config)
   checkpointing.save(manager, args.steps, state, trainer.train_iterator)
   manager.wait_until_finished()
   manager.close()
-params = sharding.to_host(state.params)
-flat = {'/'.join(str(k.key) for k in path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
-if args.params_out and jax.process_index() == 0:
-  np.savez(args.params_out, **flat)
+flat = flatten(state.params)
+if args.params_out and jax.process_index() == 0:  # the parameter updates of the first step and of all steps
+  start, first = snapshots
+  np.savez(args.params_out, **{f'first/{name}': first[name] - start[name] for name in flat},
+           **{f'all/{name}': flat[name] - start[name] for name in flat})
 print(json.dumps({
     'losses': losses,
     'compilations': trainer.step_fn._cache_size(),  # pylint: disable=protected-access
