@@ -201,9 +201,9 @@ def test_two_processes_match_one_and_their_checkpoint_restores_in_one(data_dir, 
                                f'--workdir={tmp_path / "run"}', '--adam-eps=1e-3', f'--delay={35 * i}'],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
-  outputs = [w.communicate(timeout=600) for w in workers]
-  for worker, (_, stderr) in zip(workers, outputs):
-    assert worker.returncode == 0, stderr[-4000:]
+  outputs = [w.communicate(timeout=900) for w in workers]
+  assert [w.returncode for w in workers] == [0, 0], '\n\n'.join(
+      f'process {i} (exit {w.returncode}):\n{stderr[-3000:]}' for i, (w, (_, stderr)) in enumerate(zip(workers, outputs)))
   results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
   assert results[0]['processes'] == 2 and results[0]['devices'] == 4
   assert [r['compilations'] for r in results] == [1, 1]  # compiled ahead, then called without compiling again

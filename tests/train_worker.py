@@ -8,6 +8,7 @@ it also saves a checkpoint of the final state there.
 """
 
 import argparse
+import faulthandler
 import json
 import os
 import sys
@@ -97,3 +98,8 @@ print(json.dumps({
     'processes': jax.process_count(),
     'params': {name: float(np.sum(leaf, dtype=np.float64)) for name, leaf in flat.items()},
 }))
+if args.coordinator:
+  # Leave together and now: a process still alive a minute later prints its threads' stacks (a hang at exit
+  # would otherwise show only as the other process's shutdown-barrier timeout).
+  faulthandler.dump_traceback_later(60, repeat=True)
+  jax.distributed.shutdown()
