@@ -317,8 +317,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     exported = glove.WordTable.load(exported_table)
     table = exported if exported.trainable else prepare.merge([exported, table])
   mesh = sharding.make_mesh(config.mesh.model)
-  params = jax.device_put({'model': variables['params'], 'word_vectors': table.vectors}, sharding.replicated(mesh))
-  batch_stats = jax.device_put(variables['batch_stats'], sharding.replicated(mesh))
+  params = sharding.put({'model': variables['params'], 'word_vectors': table.vectors}, sharding.replicated(mesh))
+  batch_stats = sharding.put(variables['batch_stats'], sharding.replicated(mesh))
   print(f'Evaluating the model in {source}', flush=True)
   return run_evaluation(config, train.LBDT(model_config), mesh, params, batch_stats, prepared, table, 0, workdir,
                         pictures=config.eval.pictures)

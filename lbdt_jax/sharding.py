@@ -51,6 +51,19 @@ def compile_together(jitted, *args, name: str) -> None:
     barrier(f'compiled {name}')
 
 
+def put(tree, shardings):
+  """Host values (the same on every process) → global arrays with `shardings` (one, or a matching tree).
+
+  Each process fills its own shards; unlike `jax.device_put`, which with several processes first checks through
+  a device collective that they all passed the same value (and fails after 30 s on CPU, see `barrier`)."""
+  def place(value, target):
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, target, lambda index: value[index])
+  if isinstance(shardings, jax.sharding.Sharding):
+    return jax.tree.map(lambda value: place(value, shardings), tree)
+  return jax.tree.map(place, tree, shardings)
+
+
 def make_mesh(model_axis: int = 1) -> Mesh:
   devices = jax.devices()
   if model_axis < 1 or jax.local_device_count() % model_axis:

@@ -267,8 +267,8 @@ def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
   model = LBDT(lbdt_config)
   state, state_shardings, step_fn, optimizer = create_state_and_step(config, model, mesh, table, steps_per_epoch)
   if config.init.checkpoint or config.init.imagenet:
-    state = jax.device_put(_initial_weights(config, sharding.to_host(state), optimizer, lbdt_config, table),
-                           state_shardings)
+    state = sharding.put(_initial_weights(config, sharding.to_host(state), optimizer, lbdt_config, table),
+                         state_shardings)
   sharding.compile_together(step_fn, state, _batch_spec(config, mesh), name='train step')
   return Trainer(config, model, mesh, table, prepared, train_iterator, state, state_shardings, step_fn,
                  total_steps)
@@ -286,7 +286,7 @@ def create_state_and_step(config: ml_collections.ConfigDict, model: LBDT, mesh: 
   abstract_state = jax.eval_shape(init_fn, init_key)
   state_shardings = sharding.state_shardings(mesh, abstract_state)
   state = jax.jit(init_fn, out_shardings=state_shardings)(init_key)
-  word_vectors = jax.device_put(table.vectors, state_shardings.params['word_vectors'])
+  word_vectors = sharding.put(table.vectors, state_shardings.params['word_vectors'])
   state = state.replace(params={**state.params, 'word_vectors': word_vectors})
   if config.train.batch_norm == 'per_device':
     loss_fn = _per_device_forward_loss(model, mesh)
