@@ -166,17 +166,18 @@ def test_positional_encodings_match_the_reference_float32_values():
     sinusoid_2d(2, 2, 6)
 
 
-@pytest.mark.parametrize('kernel, stride, size, pad', [
-    (3, 1, 8, 1), (3, 2, 8, 1), (3, 2, 7, 1), (1, 1, 5, 0), (1, 2, 8, 0), (7, 2, 16, 3),  # windows of the input
-    (3, 1, 40, 1), (3, 1, 36, 0), (5, 1, 34, 1),  # stride 1 on maps over 32x32: windows of the output gradient
-    (7, 2, 70, 3)])  # strided on a large map: XLA's own
-def test_conv2d_gradients_equal_xla_convolution_gradients(kernel, stride, size, pad):
+@pytest.mark.parametrize('kernel, stride, size, pad, channels', [
+    (3, 1, 8, 1, 5), (3, 2, 8, 1, 5), (3, 2, 7, 1, 5), (1, 1, 5, 0, 5), (1, 2, 8, 0, 5), (7, 2, 16, 3, 5),
+    (3, 2, 70, 1, 16),  # the above: windows of the input
+    (3, 1, 40, 1, 5), (3, 1, 36, 0, 5), (5, 1, 34, 1, 5),  # stride 1 on maps over 32x32: windows of the output gradient
+    (7, 2, 70, 3, 3), (7, 2, 69, 3, 5), (5, 2, 67, 2, 3), (3, 3, 70, 1, 2)])  # strided, few channels: space-to-depth
+def test_conv2d_gradients_equal_xla_convolution_gradients(kernel, stride, size, pad, channels):
   """conv2d's own kernel gradient (each of the forms `_cpu_kernel_gradient` picks on CPU) and its input gradient
   equal those of lax.conv_general_dilated with the same explicit padding."""
   rng = np.random.default_rng(kernel * 100 + stride * 10 + size)
   with jax.enable_x64(True):
-    x = jnp.asarray(rng.standard_normal((2, size, size, 5)))
-    weights = jnp.asarray(rng.standard_normal((kernel, kernel, 5, 4)))
+    x = jnp.asarray(rng.standard_normal((2, size, size, channels)))
+    weights = jnp.asarray(rng.standard_normal((kernel, kernel, channels, 4)))
 
     def loss(convolve, x, weights):
       return jnp.sum(jnp.sin(convolve(x, weights)))
@@ -193,7 +194,8 @@ def test_cpu_kernel_gradient_form_follows_kernel_stride_and_map_size():
   assert layers._cpu_kernel_gradient((1, 1, 256, 64), 1, 80 * 80) is layers._kernel_gradient_by_matmuls
   assert layers._cpu_kernel_gradient((3, 3, 512, 512), 2, 10 * 10) is layers._kernel_gradient_by_matmuls
   assert layers._cpu_kernel_gradient((3, 3, 256, 128), 1, 80 * 80) is layers._kernel_gradient_by_shifted_gradients
-  assert layers._cpu_kernel_gradient((7, 7, 3, 64), 2, 160 * 160) is layers._kernel_gradient_by_convolution
+  assert layers._cpu_kernel_gradient((3, 3, 128, 128), 2, 40 * 40) is layers._kernel_gradient_by_matmuls
+  assert layers._cpu_kernel_gradient((7, 7, 3, 64), 2, 160 * 160) is layers._kernel_gradient_by_space_to_depth
 
 
 @pytest.mark.parametrize('dtype, tolerance', [('float32', 1e-6), ('bfloat16', 2e-2)])

@@ -20,6 +20,9 @@ def stats_dtype(dtype) -> jnp.dtype:
 
 
 def _convolution(x, kernel, stride: int, padding: int):
+  if kernel.shape[:2] == (1, 1) and padding == 0:
+    # A matmul over channels: XLA:CPU ran 1x1 convolutions 1.2-5x slower than the same dot (README, Performance).
+    return jnp.einsum('bhwc,co->bhwo', x[:, ::stride, ::stride], kernel[0, 0])
   return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((padding, padding), (padding, padding)),
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
@@ -77,6 +80,30 @@ def _kernel_gradient_by_shifted_gradients(x, output_gradient, kernel_shape, stri
   return _sum_of_products_per_offset(operands, kernel_shape, x.dtype)
 
 
+def _kernel_gradient_by_space_to_depth(x, output_gradient, kernel_shape, stride: int, padding: int):
+  """dL/dkernel of a strided `_convolution` with few input channels (the 7x7/2 stems) via space-to-depth.
+
+  Each stride x stride block of the padded input becomes one position with stride^2 * C_in channels; the
+  convolution is then a stride-1 one with ceil(k / stride)^2 taps, whose kernel gradient is one matmul per tap
+  over contiguous channels (`_kernel_gradient_by_matmuls`). Taps beyond k (zero-padded kernel rows and columns)
+  are dropped. Strided windows of a 3-channel input are too narrow for either XLA's convolution or the matmuls.
+  """
+  kernel_height, kernel_width, in_channels, out_channels = kernel_shape
+  batch, out_height, out_width, _ = output_gradient.shape
+  taps_high, taps_wide = -(-kernel_height // stride), -(-kernel_width // stride)
+  rows, columns = stride * (out_height + taps_high - 1), stride * (out_width + taps_wide - 1)
+  padded = jnp.pad(x, ((0, 0), (padding, rows - x.shape[1] - padding), (padding, columns - x.shape[2] - padding),
+                       (0, 0)))
+  blocks = padded.reshape(batch, rows // stride, stride, columns // stride, stride, in_channels)
+  blocks = blocks.transpose(0, 1, 3, 2, 4, 5).reshape(batch, rows // stride, columns // stride, -1)
+  block_gradient = _kernel_gradient_by_matmuls(
+      blocks, output_gradient, (taps_high, taps_wide, stride * stride * in_channels, out_channels), 1, 0)
+  gradient = block_gradient.reshape(taps_high, taps_wide, stride, stride, in_channels, out_channels)
+  gradient = gradient.transpose(0, 2, 1, 3, 4, 5).reshape(taps_high * stride, taps_wide * stride, in_channels,
+                                                          out_channels)
+  return gradient[:kernel_height, :kernel_width]
+
+
 def _kernel_gradient_by_convolution(x, output_gradient, kernel_shape, stride: int, padding: int):
   kernel = jnp.zeros(kernel_shape, x.dtype)
   return jax.vjp(lambda k: _convolution(x, k, stride, padding), kernel)[1](output_gradient)[0]
@@ -84,15 +111,20 @@ def _kernel_gradient_by_convolution(x, output_gradient, kernel_shape, stride: in
 
 # Up to this many output positions, slicing the input per kernel offset is cheapest on CPU.
 MATMUL_KERNEL_GRADIENT_MAX_POSITIONS = 32 * 32
+# Strided convolutions with fewer input channels than this (image stems) take the space-to-depth form on CPU.
+SPACE_TO_DEPTH_MAX_IN_CHANNELS = 16
 
 
 def _cpu_kernel_gradient(kernel_shape, stride: int, positions: int):
-  """The kernel-gradient form that was fastest on XLA:CPU (2-core measurements, README Performance)."""
+  """The kernel-gradient form that was fastest on XLA:CPU (2-core measurements, README Performance); XLA's own
+  convolution form was slower on every CPU layer measured."""
   if kernel_shape[0] == 1 or positions <= MATMUL_KERNEL_GRADIENT_MAX_POSITIONS:
     return _kernel_gradient_by_matmuls
   if stride == 1:
     return _kernel_gradient_by_shifted_gradients
-  return _kernel_gradient_by_convolution  # the strided 3x3 and 7x7 convolutions of the encoders
+  if kernel_shape[2] < SPACE_TO_DEPTH_MAX_IN_CHANNELS:
+    return _kernel_gradient_by_space_to_depth
+  return _kernel_gradient_by_matmuls  # the strided 3x3 convolutions of the encoders
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
