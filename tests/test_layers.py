@@ -167,10 +167,12 @@ def test_positional_encodings_match_the_reference_float32_values():
 
 
 @pytest.mark.parametrize('kernel, stride, size, pad, channels', [
+    # windows of the input: 1x1 kernels, maps up to 32x32, strided kernels with 16+ channels
     (3, 1, 8, 1, 5), (3, 2, 8, 1, 5), (3, 2, 7, 1, 5), (1, 1, 5, 0, 5), (1, 2, 8, 0, 5), (7, 2, 16, 3, 5),
-    (3, 2, 70, 1, 16),  # the above: windows of the input
-    (3, 1, 40, 1, 5), (3, 1, 36, 0, 5), (5, 1, 34, 1, 5),  # stride 1 on maps over 32x32: windows of the output gradient
-    (7, 2, 70, 3, 3), (7, 2, 69, 3, 5), (5, 2, 67, 2, 3), (3, 3, 70, 1, 2)])  # strided, few channels: space-to-depth
+    (3, 2, 70, 1, 16),
+    (3, 1, 40, 1, 5), (3, 1, 36, 0, 5), (5, 1, 34, 1, 5),  # stride 1 on larger maps: windows of the output gradient
+    # strided with few channels on larger maps: space-to-depth (last: trailing input column cropped)
+    (7, 2, 70, 3, 3), (7, 2, 69, 3, 5), (5, 2, 67, 2, 3), (3, 3, 70, 1, 2), (2, 2, 71, 0, 3)])
 def test_conv2d_gradients_equal_xla_convolution_gradients(kernel, stride, size, pad, channels):
   """conv2d's own kernel gradient (each of the forms `_cpu_kernel_gradient` picks on CPU) and its input gradient
   equal those of lax.conv_general_dilated with the same explicit padding."""

@@ -92,8 +92,9 @@ def _kernel_gradient_by_space_to_depth(x, output_gradient, kernel_shape, stride:
   batch, out_height, out_width, _ = output_gradient.shape
   taps_high, taps_wide = -(-kernel_height // stride), -(-kernel_width // stride)
   rows, columns = stride * (out_height + taps_high - 1), stride * (out_width + taps_wide - 1)
-  padded = jnp.pad(x, ((0, 0), (padding, rows - x.shape[1] - padding), (padding, columns - x.shape[2] - padding),
-                       (0, 0)))
+  # Trailing rows and columns that no window reads are cropped (negative padding).
+  padded = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (padding, rows - x.shape[1] - padding, 0),
+                                                   (padding, columns - x.shape[2] - padding, 0), (0, 0, 0)))
   blocks = padded.reshape(batch, rows // stride, stride, columns // stride, stride, in_channels)
   blocks = blocks.transpose(0, 1, 3, 2, 4, 5).reshape(batch, rows // stride, columns // stride, -1)
   block_gradient = _kernel_gradient_by_matmuls(
