@@ -82,6 +82,7 @@ def _final_state(workdir, step):
     return checkpointer.restore(os.path.join(workdir, 'checkpoints', str(step), 'state'))
 
 
+@pytest.mark.heavy
 def test_kill_9_then_resume_is_bit_identical(data_dir, tmp_path):
   steps = 60
   straight = subprocess.run(_command(data_dir, tmp_path / 'straight', steps), cwd=ROOT,
@@ -168,6 +169,7 @@ def assert_same_updates(actual_path, expected_path):
     assert difference < 0.05 * size, (difference, size)
 
 
+@pytest.mark.heavy
 def test_eight_devices_match_one_without_recompiling(data_dir, tmp_path):
   # Adam's epsilon is raised so that gradients at rounding-noise level (which the device count legitimately
   # changes) are not blown up into full-size updates of opposite signs: the check is on the sharded computation.
@@ -191,6 +193,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.heavy
 def test_two_processes_match_one_and_their_checkpoint_restores_in_one(data_dir, tmp_path):
   env = {**os.environ, 'XLA_FLAGS': ''}
   coordinator = f'localhost:{_free_port()}'
