@@ -174,8 +174,9 @@ def test_positional_encodings_match_the_reference_float32_values():
     # strided with few channels on larger maps: space-to-depth (last: trailing input column cropped)
     (7, 2, 70, 3, 3), (7, 2, 69, 3, 5), (5, 2, 67, 2, 3), (3, 3, 70, 1, 2), (2, 2, 71, 0, 3)])
 def test_conv2d_gradients_equal_xla_convolution_gradients(kernel, stride, size, pad, channels):
-  """conv2d's own kernel gradient (each of the forms `_cpu_kernel_gradient` picks on CPU) and its input gradient
-  equal those of lax.conv_general_dilated with the same explicit padding."""
+  """conv2d's own kernel gradient and its input gradient, and the kernel-gradient form `_cpu_kernel_gradient` picks
+  for float32 on CPU (float64 runs keep XLA's form for strided kernels), equal those of lax.conv_general_dilated
+  with the same explicit padding."""
   rng = np.random.default_rng(kernel * 100 + stride * 10 + size)
   with jax.enable_x64(True):
     x = jnp.asarray(rng.standard_normal((2, size, size, channels)))
@@ -190,6 +191,10 @@ def test_conv2d_gradients_equal_xla_convolution_gradients(kernel, stride, size, 
                    (0, 1))(x, weights)
     for a, b in zip(ours, xla):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
+    output = layers.conv2d(x, weights, stride, pad)
+    float32_form = layers._cpu_kernel_gradient(weights.shape, stride, output.shape[1] * output.shape[2])
+    kernel_gradient = float32_form(x, jnp.cos(output), weights.shape, stride, pad)  # d sum(sin(y)) / dy = cos(y)
+    np.testing.assert_allclose(np.asarray(kernel_gradient), np.asarray(xla[1]), rtol=1e-12, atol=1e-12)
 
 
 def test_cpu_kernel_gradient_form_follows_kernel_stride_and_map_size():
@@ -198,6 +203,8 @@ def test_cpu_kernel_gradient_form_follows_kernel_stride_and_map_size():
   assert layers._cpu_kernel_gradient((3, 3, 256, 128), 1, 80 * 80) is layers._kernel_gradient_by_shifted_gradients
   assert layers._cpu_kernel_gradient((3, 3, 128, 128), 2, 40 * 40) is layers._kernel_gradient_by_matmuls
   assert layers._cpu_kernel_gradient((7, 7, 3, 64), 2, 160 * 160) is layers._kernel_gradient_by_space_to_depth
+  assert layers._cpu_kernel_gradient((7, 7, 3, 64), 2, 160 * 160, jnp.float64) is (
+      layers._kernel_gradient_by_convolution)
 
 
 @pytest.mark.parametrize('dtype, tolerance', [('float32', 1e-6), ('bfloat16', 2e-2)])

@@ -116,13 +116,15 @@ MATMUL_KERNEL_GRADIENT_MAX_POSITIONS = 32 * 32
 SPACE_TO_DEPTH_MAX_IN_CHANNELS = 16
 
 
-def _cpu_kernel_gradient(kernel_shape, stride: int, positions: int):
+def _cpu_kernel_gradient(kernel_shape, stride: int, positions: int, dtype=jnp.float32):
   """The kernel-gradient form that was fastest on XLA:CPU (2-core measurements, README Performance); XLA's own
   convolution form was slower on every CPU layer measured."""
   if kernel_shape[0] == 1 or positions <= MATMUL_KERNEL_GRADIENT_MAX_POSITIONS:
     return _kernel_gradient_by_matmuls
   if stride == 1:
     return _kernel_gradient_by_shifted_gradients
+  if dtype == jnp.float64:  # parity runs: Eigen's float64 convolution was the faster one here
+    return _kernel_gradient_by_convolution
   if kernel_shape[2] < SPACE_TO_DEPTH_MAX_IN_CHANNELS:
     return _kernel_gradient_by_space_to_depth
   return _kernel_gradient_by_matmuls  # the strided 3x3 convolutions of the encoders
@@ -147,7 +149,7 @@ def _conv2d_backward(stride, padding, residuals, output_gradient):
   options = dict(kernel_shape=kernel.shape, stride=stride, padding=padding)
   kernel_gradient = jax.lax.platform_dependent(
       x, output_gradient, default=functools.partial(_kernel_gradient_by_convolution, **options),
-      cpu=functools.partial(_cpu_kernel_gradient(kernel.shape, stride, positions), **options))
+      cpu=functools.partial(_cpu_kernel_gradient(kernel.shape, stride, positions, x.dtype), **options))
   return input_gradient, kernel_gradient
 
 
