@@ -13,13 +13,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / 'tests' / 'fixtures' / 'reference'
 
 
 def pytest_collection_modifyitems(items):
   """Tests marked `heavy` go first: pytest-xdist hands tests out in collection order, so long ones at the end
   would leave one worker running alone."""
   items.sort(key=lambda item: item.get_closest_marker('heavy') is None)
-REFERENCE = ROOT / 'tests' / 'fixtures' / 'reference'
 
 
 def tiny_model_config(**overrides):
