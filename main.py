@@ -10,8 +10,6 @@ Multi-host: start the same command on every host with --coordinator=host0:1234 -
 (or let JAX discover them on SLURM / Cloud TPU with --distributed).
 """
 
-import os
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -55,14 +53,14 @@ def main(argv):
   if FLAGS.distributed or FLAGS.coordinator:
     sharding.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   from data_pipeline import prepare  # pylint: disable=import-outside-toplevel
-  from lbdt_jax import convert, evaluate, predict, train  # pylint: disable=import-outside-toplevel
+  from lbdt_jax import convert, evaluate, export, paths, predict, train  # pylint: disable=import-outside-toplevel
   if FLAGS.mode == 'prepare':
     print(prepare.describe(prepare.prepare(FLAGS.config, FLAGS.rebuild_word_tables)))
     return
   if FLAGS.mode == 'predict':
-    workdir = FLAGS.workdir
-    model_dir = FLAGS.model or FLAGS.config.init.checkpoint or (workdir and os.path.join(workdir, 'export'))
-    output = FLAGS.output or (workdir and os.path.join(workdir, 'predictions'))
+    workdir = FLAGS.workdir and paths.path(FLAGS.workdir)
+    model_dir = FLAGS.model or FLAGS.config.init.checkpoint or (workdir and workdir / 'export')
+    output = FLAGS.output or (workdir and workdir / 'predictions')
     if not (FLAGS.video and FLAGS.sentence and model_dir and output):
       raise app.UsageError('--mode=predict needs --video, at least one --sentence, and --model and --output '
                            '(or --workdir of a trained run)')
@@ -78,7 +76,7 @@ def main(argv):
   elif FLAGS.mode == 'evaluate':
     evaluate.evaluate(FLAGS.config, FLAGS.workdir)
   elif FLAGS.mode == 'export':
-    train.export_model(FLAGS.config, FLAGS.workdir, FLAGS.output)
+    export.export_model(FLAGS.config, FLAGS.workdir, FLAGS.output)
   elif FLAGS.mode == 'convert':
     if not FLAGS.checkpoint:
       raise app.UsageError('--mode=convert needs --checkpoint')

@@ -56,6 +56,8 @@ def get_config(options: str = 'lbdt4') -> ml_collections.ConfigDict:
       'eval_every_steps': 0,  # 0: evaluate at the end only
       'max_nonfinite_in_row': 10,  # stop after this many consecutive NaN/inf steps (each one is skipped)
       'profile': False,  # a profiler trace of 5 steps into workdir (TensorBoard)
+      'restore_previous_if_damaged': False,  # a damaged newest checkpoint: start from the one before (else stop)
+      'tensorboard_dir': '',  # TensorBoard events; '' = the work directory
   })
   config.optimizer = ml_collections.ConfigDict({
       'name': 'adamw',  # the reference code; 'adam' = the paper's text
@@ -73,6 +75,9 @@ def get_config(options: str = 'lbdt4') -> ml_collections.ConfigDict:
       'attention_maps': False,  # with pictures: the first one's word attention maps (paper Fig. 6)
       'attention_stage': 5,
       'attention_layer': 0,
+      'follow': False,  # --mode=evaluate beside training: evaluate each new checkpoint until training finishes
+      'follow_poll_seconds': 30,
+      'follow_timeout_minutes': 120,  # give up when no checkpoint appears for this long and training is not done
   })
   config.mesh = ml_collections.ConfigDict({'model': 1})  # > 1: shard parameters over a 'model' axis too
   config.init = ml_collections.ConfigDict({

@@ -1,15 +1,7 @@
-"""Data for lbdt-jax: TFDS builders (registered on import), tokenizer, GloVe tables, the tf.data pipeline.
+"""Data for lbdt-jax: readers of the benchmarks' releases, TFDS builders, tokenizer, word tables, the input pipeline.
 
-Importing this package registers `a2d_sentences`, `jhmdb_sentences`, `ref_youtube_vos`, `ref_davis17` and
-`synthetic_rvos` with tensorflow-datasets. TensorFlow is kept off GPUs: they belong to JAX.
+Importing the package loads nothing heavy: `data_pipeline.glove` and `data_pipeline.tokenizer` need only numpy;
+the modules that use TensorFlow import it through `data_pipeline.tensorflow_cpu`, which keeps it off GPUs.
+`data_pipeline.builders` registers `a2d_sentences`, `jhmdb_sentences`, `ref_youtube_vos`, `ref_davis17` and
+`synthetic_rvos` with tensorflow-datasets.
 """
-
-import os
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow start-up chatter off, warnings kept
-
-import tensorflow as tf  # noqa: E402
-
-tf.config.set_visible_devices([], 'GPU')
-
-from data_pipeline import builders  # noqa: E402  (registers the builders)

@@ -14,12 +14,14 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from typing import Any, ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipeline import readers, synthetic_rvos
+from data_pipeline import readers, synthetic_rvos  # readers imports TensorFlow through tensorflow_cpu
+from lbdt_jax import paths
 
 VERSION = tfds.core.Version('1.0.0')
 METADATA_SENTENCES = 'sentences'
@@ -49,11 +51,10 @@ def make_config(name: str, delta: int = 6, **options) -> RVOSConfig:
   if options.get('jhmdb_frames', 'all') != 'all':
     config_name += f'_{options["jhmdb_frames"]}'
     if options.get('jhmdb_samples_file'):
-      path = os.path.expanduser(options['jhmdb_samples_file'])
-      if not os.path.isfile(path):
+      path = paths.path(options['jhmdb_samples_file'])
+      if not path.is_file():
         raise readers.DataError(f'jhmdb_samples_file {path} does not exist')
-      with open(path, 'rb') as f:
-        config_name += f'_{hashlib.sha1(f.read()).hexdigest()[:8]}'
+      config_name += f'_{hashlib.sha1(path.read_bytes()).hexdigest()[:8]}'
   if options.get('synthetic') is not None:
     options['synthetic'] = synthetic_rvos.SyntheticConfig(**dict(options['synthetic'])).to_dict()
     config_name += f'_{_digest(options["synthetic"])}'
@@ -121,8 +122,8 @@ class A2dSentences(_RVOSBuilder):
     layout = self.builder_config.a2d_layout
     if layout not in ('release', 'lists'):
       raise ValueError(f"a2d_layout must be 'release' or 'lists', got {layout!r}")
-    if layout == 'release' and not os.path.isdir(os.path.join(root, 'Release')) and os.path.exists(
-        os.path.join(root, 'train.txt')):
+    root = paths.path(root)
+    if layout == 'release' and not (root / 'Release').is_dir() and (root / 'train.txt').exists():
       raise readers.DataError(f'{root} holds the official LBDT code\'s list layout (train.txt, images/, masks/): '
                               "set config.data.a2d_layout='lists'")
     reader = readers.A2DListReader if layout == 'lists' else readers.A2DSentencesReader
@@ -167,6 +168,9 @@ class SyntheticRvos(_RVOSBuilder):
       pass
     generator_config = synthetic_rvos.SyntheticConfig(**(self.builder_config.synthetic or {}))
     root = os.path.join(os.fspath(dl_manager.download_dir), f'synthetic_rvos_{self.builder_config.name}')
+    if paths.is_remote(root):  # generated locally for the time of the preparation (the generator writes files)
+      self._scratch = tempfile.TemporaryDirectory(prefix='synthetic_rvos_')  # removed with the builder
+      root = os.path.join(self._scratch.name, 'synthetic_rvos')
     if not synthetic_rvos.is_generated(root, generator_config):
       synthetic_rvos.generate(root, generator_config, progress=True)
     return root

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import tqdm
+from etils import epath
 
 from data_pipeline import tokenizer
 
@@ -55,23 +56,27 @@ class WordTable:
       object.__setattr__(self, '_index_cache', {word: i for i, word in enumerate(self.words)})
     return self.__dict__['_index_cache']
 
-  def save(self, path: str | os.PathLike) -> None:
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    with open(path, 'wb') as f:  # an open file keeps numpy from appending ".npz" to the name
-      np.savez(f, words=np.array(self.words, dtype=str), vectors=self.vectors,
-               trainable=np.array(self.trainable))
+  def save(self, path) -> None:
+    """Writes the table to `path` (an `etils.epath.Path` or a local path string)."""
+    path = epath.Path(path)
+    buffer = io.BytesIO()
+    np.savez(buffer, words=np.array(self.words, dtype=str), vectors=self.vectors, trainable=np.array(self.trainable))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
 
   @classmethod
-  def load(cls, path: str | os.PathLike) -> 'WordTable':
-    if not os.path.exists(path):
-      raise FileNotFoundError(f'Word table {os.fspath(path)!r} does not exist (written by --mode=prepare)')
+  def load(cls, path) -> 'WordTable':
+    path = epath.Path(path)
     try:
-      with np.load(path, allow_pickle=False) as data:
-        return cls(tuple(str(w) for w in data['words']), data['vectors'].astype(np.float32),
-                   bool(data['trainable']))
+      data = path.read_bytes()
+    except FileNotFoundError:
+      raise FileNotFoundError(f'Word table {path} does not exist (written by --mode=prepare)') from None
+    try:
+      with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+        return cls(tuple(str(w) for w in arrays['words']), arrays['vectors'].astype(np.float32),
+                   bool(arrays['trainable']))
     except (KeyError, ValueError, OSError, zipfile.BadZipFile) as error:
-      raise ValueError(f'{os.fspath(path)!r} is not a word table: {error}') from error
+      raise ValueError(f'{path} is not a word table: {error}') from error
 
 
 def vocabulary(sentences: Iterable[str]) -> list[str]:
@@ -81,20 +86,22 @@ def vocabulary(sentences: Iterable[str]) -> list[str]:
   return sorted(tokens - {tokenizer.PAD_TOKEN})
 
 
-def _glove_lines(path: str) -> Iterator[tuple[bytes, int]]:
-  """(line, bytes read so far) of a GloVe .txt or the single .txt inside a .zip."""
-  if zipfile.is_zipfile(path):
-    with zipfile.ZipFile(path) as archive:
-      members = [m for m in archive.infolist() if m.filename.endswith('.txt')]
-      if len(members) != 1:
-        raise ValueError(f'{path!r} should hold one .txt file, found {[m.filename for m in members]}')
-      with archive.open(members[0]) as f:
-        for line in io.BufferedReader(f, 1 << 20):
-          yield line, archive.fp.tell() if archive.fp else 0
-  else:
-    with open(path, 'rb', buffering=1 << 20) as f:
-      for line in f:
-        yield line, f.tell()
+def _glove_lines(path: epath.Path) -> Iterator[tuple[bytes, int]]:
+  """(line, bytes of the file read so far) of a GloVe .txt or of the single .txt inside a .zip."""
+  with path.open('rb') as raw:
+    if zipfile.is_zipfile(raw):
+      raw.seek(0)
+      with zipfile.ZipFile(raw) as archive:
+        members = [m for m in archive.infolist() if m.filename.endswith('.txt')]
+        if len(members) != 1:
+          raise ValueError(f'{path} should hold one .txt file, found {[m.filename for m in members]}')
+        with archive.open(members[0]) as f:
+          for line in io.BufferedReader(f, 1 << 20):
+            yield line, raw.tell()
+    else:
+      raw.seek(0)
+      for line in io.BufferedReader(raw, 1 << 20):
+        yield line, raw.tell()
 
 
 def from_glove(path: str | os.PathLike, words: Iterable[str], dim: int = GLOVE_DIM,
@@ -105,14 +112,14 @@ def from_glove(path: str | os.PathLike, words: Iterable[str], dim: int = GLOVE_D
   has a few whose "word" contains spaces) are skipped and counted, as no tokenizer output can match them; when a
   word occurs twice the later line wins, like torchtext's lookup.
   """
-  path = os.fspath(path)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'GloVe file {path!r} does not exist')
+  path = epath.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f'GloVe file {path} does not exist')
   wanted = set(words) - {tokenizer.PAD_TOKEN, UNKNOWN_TOKEN}
   found: dict[str, np.ndarray] = {}
   malformed = 0
-  size = os.path.getsize(path)
-  with tqdm.tqdm(total=size, unit='B', unit_scale=True, desc=f'GloVe {os.path.basename(path)}',
+  size = path.stat().length
+  with tqdm.tqdm(total=size, unit='B', unit_scale=True, desc=f'GloVe {path.name}',
                  disable=not progress) as bar:
     for number, (line, position) in enumerate(_glove_lines(path), 1):
       if number % 20000 == 0:
@@ -132,10 +139,10 @@ def from_glove(path: str | os.PathLike, words: Iterable[str], dim: int = GLOVE_D
       try:
         found[word] = np.array(fields, np.float32)
       except ValueError as error:
-        raise ValueError(f'{path!r} line {number}: the vector of {word!r} is not numeric ({error})') from None
+        raise ValueError(f'{path} line {number}: the vector of {word!r} is not numeric ({error})') from None
     bar.update(size - bar.n)
   if not found and wanted:
-    raise ValueError(f'None of the {len(wanted)} words occur in {path!r}: is it a GloVe text file with '
+    raise ValueError(f'None of the {len(wanted)} words occur in {path}: is it a GloVe text file with '
                      f'{dim}-d vectors?')
   logging.info('GloVe: %d of %d words found (%d tokens, e.g. separators, get the zero vector); %d lines '
                'skipped as malformed.', len(found), len(wanted), len(wanted) - len(found), malformed)
@@ -155,3 +162,26 @@ def learned(words: Iterable[str], dim: int = GLOVE_DIM, seed: int = 0, scale: fl
     rng = np.random.default_rng([seed, zlib.crc32(word.encode('utf-8'))])
     vectors[row] = rng.normal(0.0, scale, dim)
   return WordTable((tokenizer.PAD_TOKEN, UNKNOWN_TOKEN, *table_words), vectors, trainable=True)
+
+
+def subset(table: WordTable, words: list[str]) -> WordTable:
+  """The rows of `table` for `words` (words outside it are left out: they map to the unknown row)."""
+  known = set(table.words[2:])
+  kept = [w for w in dict.fromkeys(words) if w in known]
+  return WordTable(table.words[:2] + tuple(kept), table.vectors[[0, 1, *table.ids(kept)]], table.trainable)
+
+
+def merge(tables: list[WordTable]) -> WordTable:
+  """The union of several data sets' tables (which must agree on the kind and on every shared word)."""
+  if len({t.trainable for t in tables}) > 1 or len({t.dim for t in tables}) > 1:
+    raise ValueError('The data sets\' word tables differ in kind (GloVe / learned) or size: prepare them again '
+                     'with the same config.data.glove_path (--mode=prepare --rebuild_word_tables)')
+  rows = {}
+  for table in tables:
+    for word, vector in zip(table.words[2:], table.vectors[2:]):
+      if word in rows and not (rows[word] == vector).all():
+        raise ValueError(f'The data sets\' word tables disagree on {word!r}: prepare them again from one GloVe file')
+      rows[word] = vector
+  words = sorted(rows)
+  vectors = np.concatenate([tables[0].vectors[:2], *([np.stack([rows[w] for w in words])] if words else [])])
+  return WordTable(tables[0].words[:2] + tuple(words), vectors, tables[0].trainable)

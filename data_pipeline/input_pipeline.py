@@ -25,7 +25,7 @@ import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import tensorflow as tf
+from data_pipeline.tensorflow_cpu import tf
 import tensorflow_datasets as tfds
 
 from data_pipeline import glove, tokenizer

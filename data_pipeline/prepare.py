@@ -8,13 +8,14 @@ fallback when no GloVe file is given. An experiment uses the union of its data s
 """
 
 import logging
-import os
 
 import ml_collections
-import numpy as np
 import tensorflow_datasets as tfds
 
+from etils import epath
+
 from data_pipeline import builders, glove
+from lbdt_jax import paths
 
 WORD_TABLE_FILE = 'word_table.npz'
 
@@ -44,12 +45,12 @@ def builder_for(config: ml_collections.ConfigDict, name: str) -> tfds.core.Datas
     options = {'jhmdb_frames': data.jhmdb_frames, 'jhmdb_samples_file': data.jhmdb_samples_file or None}
   elif name == 'synthetic_rvos':
     options = {'synthetic': data.synthetic.to_dict()}
-  return builders.make_builder(name, os.path.expanduser(data.data_dir) if data.data_dir else None,
+  return builders.make_builder(name, paths.path(data.data_dir) if data.data_dir else None,
                                delta=data.delta, **options)
 
 
-def _table_path(builder: tfds.core.DatasetBuilder) -> str:
-  return os.path.join(builder.data_dir, WORD_TABLE_FILE)
+def _table_path(builder: tfds.core.DatasetBuilder) -> epath.Path:
+  return epath.Path(builder.data_dir) / WORD_TABLE_FILE
 
 
 def _sentences(builder: tfds.core.DatasetBuilder) -> list[str]:
@@ -62,7 +63,8 @@ def prepare(config: ml_collections.ConfigDict, rebuild_word_tables: bool = False
   for name in dataset_names(config):
     builder = builder_for(config, name)
     if not builder.is_prepared():
-      manual_dir = config.data.manual_dirs.get(name) or None
+      manual_dir = config.data.manual_dirs.get(name)
+      manual_dir = paths.path(manual_dir) if manual_dir else None
       logging.info('Preparing %s in %s from %s', name, builder.data_dir, manual_dir or '(generated)')
       builders.prepare(builder, manual_dir)
     prepared[name] = builder
@@ -70,7 +72,7 @@ def prepare(config: ml_collections.ConfigDict, rebuild_word_tables: bool = False
   needs_table = {}
   for name, builder in prepared.items():
     path = _table_path(builder)
-    if rebuild_word_tables or not os.path.exists(path) or (glove_path and glove.WordTable.load(path).trainable):
+    if rebuild_word_tables or not path.exists() or (glove_path and glove.WordTable.load(path).trainable):
       needs_table[name] = builder
   if needs_table:
     _write_word_tables(needs_table, glove_path, config.model.word_dim, config.seed)
@@ -82,41 +84,18 @@ def _write_word_tables(needed: dict[str, tfds.core.DatasetBuilder], glove_path: 
   vocabularies = {name: glove.vocabulary(_sentences(builder)) for name, builder in needed.items()}
   union = sorted({word for words in vocabularies.values() for word in words})
   if glove_path:  # one pass over the GloVe file for all data sets
-    table = glove.from_glove(os.path.expanduser(glove_path), union, dim=dim)
+    table = glove.from_glove(paths.path(glove_path), union, dim=dim)
   else:
     logging.warning('No GloVe file given (config.data.glove_path): words get learned embeddings with a '
                     'deterministic start; results are not comparable with the paper\'s GloVe setting.')
     table = glove.learned(union, dim=dim, seed=seed)
   for name, builder in needed.items():
-    subset(table, vocabularies[name]).save(_table_path(builder))
+    glove.subset(table, vocabularies[name]).save(_table_path(builder))
     logging.info('%s: word table with %d words written to %s', name, len(vocabularies[name]), _table_path(builder))
 
 
-def subset(table: glove.WordTable, words: list[str]) -> glove.WordTable:
-  """The rows of `table` for `words` (words outside it are left out: they map to the unknown row)."""
-  known = set(table.words[2:])
-  kept = [w for w in dict.fromkeys(words) if w in known]
-  return glove.WordTable(table.words[:2] + tuple(kept), table.vectors[[0, 1, *table.ids(kept)]], table.trainable)
-
-
-def merge(tables: list[glove.WordTable]) -> glove.WordTable:
-  """The union of several data sets' tables (which must agree on the kind and on every shared word)."""
-  if len({t.trainable for t in tables}) > 1 or len({t.dim for t in tables}) > 1:
-    raise ValueError('The data sets\' word tables differ in kind (GloVe / learned) or size: prepare them again '
-                     'with the same config.data.glove_path (--mode=prepare --rebuild_word_tables)')
-  rows = {}
-  for table in tables:
-    for word, vector in zip(table.words[2:], table.vectors[2:]):
-      if word in rows and not (rows[word] == vector).all():
-        raise ValueError(f'The data sets\' word tables disagree on {word!r}: prepare them again from one GloVe file')
-      rows[word] = vector
-  words = sorted(rows)
-  vectors = np.concatenate([tables[0].vectors[:2], *([np.stack([rows[w] for w in words])] if words else [])])
-  return glove.WordTable(tables[0].words[:2] + tuple(words), vectors, tables[0].trainable)
-
-
 def word_table(prepared: dict[str, tfds.core.DatasetBuilder]) -> glove.WordTable:
-  return merge([glove.WordTable.load(_table_path(builder)) for builder in prepared.values()])
+  return glove.merge([glove.WordTable.load(_table_path(builder)) for builder in prepared.values()])
 
 
 def sentences(prepared: dict[str, tfds.core.DatasetBuilder]) -> list[str]:

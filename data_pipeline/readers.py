@@ -25,7 +25,7 @@ import collections
 import csv
 import dataclasses
 import functools
-import glob
+import io
 import json
 import os
 import random
@@ -36,7 +36,9 @@ import h5py
 import numpy as np
 import PIL.Image
 import scipy.io
-import tensorflow as tf
+from etils import epath
+from data_pipeline.tensorflow_cpu import tf
+from lbdt_jax import paths
 
 JPEG_QUALITY = 95  # frames decoded from A2D's mp4 clips are stored as JPEG, as the ffmpeg frame dumps are
 
@@ -81,10 +83,9 @@ def previous_frame(available: Sequence[int], frame: int, delta: int) -> int:
   return min(earlier, key=lambda n: (abs(n - (frame - delta)), n))
 
 
-def _read_bytes(path: str) -> bytes:
+def _read_bytes(path: epath.Path) -> bytes:
   try:
-    with open(path, 'rb') as f:
-      return f.read()
+    return path.read_bytes()
   except OSError as error:
     raise DataError(f'cannot read {path}: {error.strerror or error}') from None
 
@@ -98,12 +99,12 @@ def _image_size(path: str, encoded: bytes) -> tuple[int, int]:
   return int(shape[0]), int(shape[1])
 
 
-def _numbered_files(directory: str, extension: str) -> dict[int, str]:
+def _numbered_files(directory: epath.Path, extension: str) -> dict[int, epath.Path]:
   """{frame number: path} of the files NNNNN<extension> in a directory."""
-  if not os.path.isdir(directory):
+  if not directory.is_dir():
     raise DataError(f'missing directory {directory}')
-  return {int(name[:-len(extension)]): os.path.join(directory, name) for name in os.listdir(directory)
-          if name.endswith(extension) and name[:-len(extension)].isdigit()}
+  return {int(path.name[:-len(extension)]): path for path in directory.iterdir()
+          if path.name.endswith(extension) and path.name[:-len(extension)].isdigit()}
 
 
 class Video(abc.ABC):
@@ -122,7 +123,7 @@ class Video(abc.ABC):
 class ImageFolderVideo(Video):
   """Frames stored as NNNNN.jpg / NNNNN.png files in one directory."""
 
-  def __init__(self, directory: str, extension: str):
+  def __init__(self, directory: epath.Path, extension: str):
     self._files = _numbered_files(directory, extension)
     self._directory = directory
     self._sizes = {}  # frames recur across expressions: decode each once
@@ -144,17 +145,18 @@ class ImageFolderVideo(Video):
 class Mp4Video(Video):
   """A video file decoded with OpenCV; frames are numbered from 1, as `ffmpeg -i clip.mp4 %05d.jpg` numbers them."""
 
-  def __init__(self, path: str):
-    if not os.path.exists(path):
+  def __init__(self, path: epath.Path):
+    if not path.exists():
       raise DataError(f'missing video {path}')
-    capture = cv2.VideoCapture(path)
     frames = []
-    while capture.isOpened():
-      ok, frame = capture.read()
-      if not ok:
-        break
-      frames.append(frame)
-    capture.release()
+    with paths.local_copy(path) as local:  # OpenCV reads local files only
+      capture = cv2.VideoCapture(local)
+      while capture.isOpened():
+        ok, frame = capture.read()
+        if not ok:
+          break
+        frames.append(frame)
+      capture.release()
     if not frames:
       raise DataError(f'{path} has no decodable frames (corrupt or unsupported video)')
     self._frames = frames
@@ -195,7 +197,7 @@ class Masks(abc.ABC):
 class PaletteMasks(Masks):
   """YouTube-VOS / DAVIS annotations: one palette PNG per frame, pixel value = object id."""
 
-  def __init__(self, directory: str):
+  def __init__(self, directory: epath.Path):
     self._files = _numbered_files(directory, '.png')
     self._cache, self._ids = {}, {}
 
@@ -208,7 +210,7 @@ class PaletteMasks(Masks):
       return self._cache[frame]
     path = self._files[frame]
     try:
-      with PIL.Image.open(path) as image:  # a palette PNG reads as its indices, the object ids
+      with PIL.Image.open(io.BytesIO(_read_bytes(path))) as image:  # a palette PNG reads as its indices, the ids
         labels = np.array(image)
     except (OSError, SyntaxError, ValueError) as error:
       raise DataError(f'{path} is not a readable PNG: {error}') from None
@@ -230,10 +232,10 @@ def _h5_error(path: str, error: Exception) -> DataError:
   return DataError(f'{path} is not a readable A2D mask file: {error}')
 
 
-def read_a2d_instance_masks(path: str) -> dict[int, np.ndarray]:
+def read_a2d_instance_masks(path: epath.Path) -> dict[int, np.ndarray]:
   """{instance id: uint8 [H, W] mask} of an A2D annotation .h5 (MATLAB v7.3: arrays stored transposed)."""
   try:
-    with h5py.File(path, 'r') as f:
+    with h5py.File(io.BytesIO(_read_bytes(path)), 'r') as f:
       instances = np.asarray(f['instance'][()]).astype(np.int64).ravel()
       masks = np.asarray(f['reMask'][()])
   except (OSError, KeyError) as error:
@@ -248,7 +250,7 @@ def read_a2d_instance_masks(path: str) -> dict[int, np.ndarray]:
 class A2DMasks(Masks):
   """A2D Sentences instance masks: one .h5 per annotated frame, named by its 1-based frame number."""
 
-  def __init__(self, directory: str):
+  def __init__(self, directory: epath.Path):
     self._files = _numbered_files(directory, '.h5')
     self._cache = {}
 
@@ -274,12 +276,13 @@ class A2DMasks(Masks):
 class JHMDBMasks(Masks):
   """J-HMDB puppet masks: `part_mask` [H, W, T] in one .mat per video; the single actor is object 1."""
 
-  def __init__(self, path: str):
+  def __init__(self, path: epath.Path):
+    data = _read_bytes(path)
     try:
-      masks = scipy.io.loadmat(path)['part_mask']
+      masks = scipy.io.loadmat(io.BytesIO(data))['part_mask']
     except NotImplementedError:  # a MATLAB v7.3 file is HDF5, stored transposed
       try:
-        with h5py.File(path, 'r') as f:
+        with h5py.File(io.BytesIO(data), 'r') as f:
           masks = np.asarray(f['part_mask'][()]).transpose(2, 1, 0)
       except (OSError, KeyError) as error:
         raise DataError(f'{path} is not a readable J-HMDB mask file: {error}') from None
@@ -307,19 +310,19 @@ class RVOSReader(abc.ABC):
   extra_features: tuple[str, ...] = ()  # string features besides the common ones, read from Expression.extras
 
   def __init__(self, root: str | os.PathLike, delta: int = 6):
-    self.root = os.fspath(root)
+    self.root = paths.path(root)
     if delta < 1:
       raise ValueError(f'delta (frames between a frame and its previous frame) must be >= 1, got {delta}')
     self.delta = delta
-    if not os.path.isdir(self.root):
+    if not self.root.is_dir():
       raise DataError(f'{self.name}: data directory {self.root} does not exist')
 
-  def path(self, *parts: str) -> str:
-    return os.path.join(self.root, *parts)
+  def path(self, *parts: str) -> epath.Path:
+    return self.root.joinpath(*parts)
 
-  def require(self, *parts: str) -> str:
+  def require(self, *parts: str) -> epath.Path:
     path = self.path(*parts)
-    if not os.path.exists(path):
+    if not path.exists():
       raise DataError(f'{self.name}: missing {path}')
     return path
 
@@ -406,21 +409,16 @@ class RVOSReader(abc.ABC):
     }
 
 
-def _read_text(path: str, encoding: str = 'utf-8') -> str:
+def _read_text(path: epath.Path, encoding: str = 'utf-8') -> str:
   try:
-    with open(path, encoding=encoding) as f:
-      return f.read()
-  except (OSError, UnicodeDecodeError) as error:
+    return _read_bytes(path).decode(encoding)
+  except UnicodeDecodeError as error:
     raise DataError(f'cannot read {path}: {error}') from None
 
 
-def _read_csv(path: str, header: bool, encoding: str = 'utf-8') -> list[tuple[int, list[str]]]:
+def _read_csv(path: epath.Path, header: bool, encoding: str = 'utf-8') -> list[tuple[int, list[str]]]:
   """(line number, fields) of a comma-separated file."""
-  try:
-    with open(path, newline='', encoding=encoding) as f:
-      rows = list(enumerate(csv.reader(f), 1))
-  except (OSError, UnicodeDecodeError) as error:
-    raise DataError(f'cannot read {path}: {error}') from None
+  rows = list(enumerate(csv.reader(io.StringIO(_read_text(path, encoding), newline='')), 1))
   return [(n, row) for n, row in rows[1 if header else 0:] if row]
 
 
@@ -481,7 +479,7 @@ class A2DListReader(RVOSReader):
   LIST_FILES = {'train': 'train.txt', 'test': 'val.txt'}
 
   def splits(self):
-    return tuple(split for split, name in self.LIST_FILES.items() if os.path.exists(self.path(name)))
+    return tuple(split for split, name in self.LIST_FILES.items() if self.path(name).exists())
 
   def expressions(self, split, skipped):
     path = self.require(self.LIST_FILES[split])
@@ -528,7 +526,7 @@ class JHMDBSentencesReader(RVOSReader):
     return ('test',)
 
   def _directory(self, kind: str, video_id: str) -> str:
-    matches = glob.glob(os.path.join(glob.escape(self.path(kind)), '*', glob.escape(video_id)))
+    matches = [action / video_id for action in self.require(kind).iterdir() if (action / video_id).is_dir()]
     if len(matches) != 1:
       raise DataError(f'expected one {kind}/<action>/{video_id} directory, found {len(matches)}')
     return matches[0]
@@ -538,8 +536,7 @@ class JHMDBSentencesReader(RVOSReader):
     if self.samples_file is None:
       return {}
     try:
-      with open(self.samples_file, encoding='utf-8') as f:
-        rows = json.load(f)
+      rows = json.loads(paths.path(self.samples_file).read_text())
       samples = collections.defaultdict(set)
       for row in rows:
         samples[row[0]].add(int(os.path.basename(row[1]).split('.')[0]))
@@ -560,8 +557,8 @@ class JHMDBSentencesReader(RVOSReader):
     return ImageFolderVideo(self._directory('Rename_Images', video_id), '.png')
 
   def masks(self, split, video_id):
-    path = os.path.join(self._directory('puppet_mask', video_id), 'puppet_mask.mat')
-    if not os.path.exists(path):
+    path = self._directory('puppet_mask', video_id) / 'puppet_mask.mat'
+    if not path.exists():
       raise DataError(f'missing {path}')
     return JHMDBMasks(path)
 
@@ -598,8 +595,7 @@ class YouTubeVOSReader(RVOSReader):
   def _meta(self, directory: str) -> dict:
     path = self.require('meta_expressions', directory, 'meta_expressions.json')
     try:
-      with open(path, encoding='utf-8') as f:
-        return json.load(f)['videos']
+      return json.loads(_read_bytes(path).decode('utf-8'))['videos']
     except (OSError, ValueError, KeyError) as error:
       raise DataError(f'{path} is not a meta_expressions file: {error}') from None
 
@@ -607,7 +603,7 @@ class YouTubeVOSReader(RVOSReader):
     directory = self.SPLIT_DIRECTORIES[split]
     videos = self._meta(directory)
     excluded = self.EXCLUDED_FROM.get(split)
-    if excluded and os.path.exists(self.path('meta_expressions', excluded, 'meta_expressions.json')):
+    if excluded and self.path('meta_expressions', excluded, 'meta_expressions.json').exists():
       excluded_videos = self._meta(excluded)
       videos = {v: meta for v, meta in videos.items() if v not in excluded_videos}
     path = self.path('meta_expressions', directory, 'meta_expressions.json')

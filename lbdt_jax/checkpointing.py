@@ -1,86 +1,194 @@
-"""Checkpoints (orbax): the train state and the data iterator's position, saved together; the model directory.
+"""Training checkpoints (orbax) and the run record of a work directory (local or a bucket).
 
-  workdir/checkpoints/<step>/{state, data}   resumable training checkpoints (CheckpointManager, async saves)
-  workdir/export/                            a self-contained model directory (see `export`)
+  workdir/checkpoints/<step>/{state, data}   the train state and the data iterator's position, saved together
+  workdir/model_config.json, word_table.npz, config.json
+                                             the run record, written when training starts: what the checkpoints
+                                             hold, so that evaluation and export read parameters without
+                                             building the trainer
+  workdir/training.json                      {"total_steps", "finished"}: what an evaluator that follows the run
+                                             waits for
 
-Restoring takes the target shardings from the caller, so a checkpoint restores onto any number of devices or
-processes.
+Saves are asynchronous and atomic: an unfinished save (the process killed mid-way) is never listed, and is
+removed by the next run. Restoring takes the target shardings from the caller, so a checkpoint restores onto any
+number of devices or processes.
 """
-
-import json
-import os
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
 
 from data_pipeline import glove
-from lbdt_jax import __version__, convert, sharding
+from lbdt_jax import model_dir, paths, sharding
 from lbdt_jax.models import LBDTConfig
 
+CHECKPOINTS = 'checkpoints'
+TRAINING_STATUS_FILE = 'training.json'
 
-def manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-  """Keeps the latest `keep_checkpoints` checkpoints (plus every `keep_every_steps`-th, if set)."""
-  policies = [ocp.checkpoint_managers.LatestN(config.train.keep_checkpoints)]
-  if config.train.keep_every_steps:
-    policies.append(ocp.checkpoint_managers.EveryNSteps(config.train.keep_every_steps))
-  options = ocp.CheckpointManagerOptions(
-      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies), enable_async_checkpointing=True,
-      cleanup_tmp_directories=True, create=True)
-  return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), options=options, item_names=('state', 'data'))
+
+class DamagedCheckpointError(RuntimeError):
+  """A checkpoint that exists but cannot be restored; the message names it."""
+
+
+def manager(workdir: epath.Path, config: ml_collections.ConfigDict | None = None,
+            read_only: bool = False) -> ocp.CheckpointManager:
+  """Keeps the latest `keep_checkpoints` checkpoints (plus every `keep_every_steps`-th, if set). `read_only`
+  managers (evaluation, export) neither create nor clean up anything."""
+  if read_only:
+    options = ocp.CheckpointManagerOptions(read_only=True)
+  else:
+    policies = [ocp.checkpoint_managers.LatestN(config.train.keep_checkpoints)]
+    if config.train.keep_every_steps:
+      policies.append(ocp.checkpoint_managers.EveryNSteps(config.train.keep_every_steps))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=True, cleanup_tmp_directories=True, create=True)
+  return ocp.CheckpointManager(workdir / CHECKPOINTS, options=options, item_names=('state', 'data'))
+
+
+def finished_steps(workdir: epath.Path) -> list[int]:
+  """Steps whose checkpoint was completely written, in increasing order."""
+  directory = workdir / CHECKPOINTS
+  if not directory.is_dir():
+    return []
+  return sorted(int(step.name) for step in directory.iterdir()
+                if step.name.isdigit() and ocp.utils.is_checkpoint_finalized(step))
+
+
+def has_checkpoints(workdir: epath.Path) -> bool:
+  return bool(finished_steps(workdir))
 
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state, iterator) -> None:
   checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 data=ocp.args.JsonSave(iterator.get_state())))
+                                                 data=ocp.args.JsonSave(iterator.get_state())),
+                   force=True)
 
 
-def abstract_like(state, shardings):
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+def abstract_like(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings, iterator=None):
-  """(state, step) from the latest checkpoint, placed with `shardings`; (state, None) when there is none."""
-  step = checkpoints.latest_step()
-  if step is None:
+def _restore_newest(checkpoints: ocp.CheckpointManager, restore_step, restore_previous_if_damaged: bool):
+  """(result, step) of the newest step `restore_step(step)` restores; (None, None) when there is no checkpoint.
+  A damaged newest checkpoint is an error naming it, or with `restore_previous_if_damaged` a warning and the
+  step before."""
+  for step in sorted(checkpoints.all_steps(), reverse=True):
+    try:
+      return restore_step(step), step
+    except Exception as error:  # orbax and tensorstore raise several types for missing or truncated files
+      where = f'the checkpoint of step {step} in {checkpoints.directory}'
+      if not restore_previous_if_damaged:
+        raise DamagedCheckpointError(
+            f'Cannot restore {where}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}. '
+            'Delete that step directory, or set --config.train.restore_previous_if_damaged=True to start from '
+            'the checkpoint before it') from error
+      logging.warning('Cannot restore %s (%s: %s); trying the one before', where, type(error).__name__, error)
+      print(f'Warning: {where} is damaged; trying the one before', flush=True)
+  return None, None
+
+
+def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings, iterator=None,
+                   restore_previous_if_damaged: bool = False):
+  """(state, step) from the newest checkpoint, placed with `shardings`, and the iterator's position;
+  (state, None) when there is none."""
+  def restore_step(step):
+    args = {'state': ocp.args.StandardRestore(abstract_like(state, shardings))}
+    if iterator is not None:
+      args['data'] = ocp.args.JsonRestore()
+    return checkpoints.restore(step, args=ocp.args.Composite(**args))
+
+  restored, step = _restore_newest(checkpoints, restore_step, restore_previous_if_damaged)
+  if restored is None:
     return state, None
-  args = {'state': ocp.args.StandardRestore(abstract_like(state, shardings))}
-  if iterator is not None:
-    args['data'] = ocp.args.JsonRestore()
-  restored = checkpoints.restore(step, args=ocp.args.Composite(**args))
   if iterator is not None:
     iterator.set_state(restored['data'])
   return restored['state'], step
 
 
-MANIFEST_FILE = 'manifest.json'
-MANIFEST_FORMAT = 1
+def restore_parameters(workdir: epath.Path, abstract_parameters: dict, step: int | None = None,
+                       restore_previous_if_damaged: bool = False):
+  """({'params', 'batch_stats'}, step) of a checkpoint (the newest, or `step`), reading nothing else: no
+  optimizer state, no data position. `abstract_parameters` gives shapes, dtypes and shardings."""
+  checkpoints = manager(workdir, read_only=True)
+
+  def restore_step(step):
+    item = ocp.args.PyTreeRestore(item=abstract_parameters, partial_restore=True,
+                                  restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_parameters))
+    return checkpoints.restore(step, args=ocp.args.Composite(state=item))['state']
+
+  try:
+    if step is not None:
+      if step not in checkpoints.all_steps():
+        raise FileNotFoundError(f'{checkpoints.directory} has no checkpoint of step {step} (it has '
+                                f'{checkpoints.all_steps()})')
+      return restore_step(step), step
+    return _restore_newest(checkpoints, restore_step, restore_previous_if_damaged)
+  finally:
+    checkpoints.close()
 
 
-def export(directory: str, config: ml_collections.ConfigDict, model_config: LBDTConfig, state,
-           table: glove.WordTable, step: int | None = None) -> None:
-  """A self-contained model directory: `variables/` (params-only orbax checkpoint), `model_config.json`,
-  `word_table.npz` (trained vectors if learned), `config.json` and `manifest.json` (variant, input size, δ,
-  words, version). `lbdt_jax.predict.load_model` reads it back."""
-  variables = {'params': state.params['model'], 'batch_stats': state.batch_stats}
-  vectors = sharding.to_host(state.params['word_vectors'])
-  write_model_directory(directory, config, model_config, variables, glove.WordTable(
-      table.words, np.asarray(vectors, np.float32), table.trainable), step)
+def read_trained(workdir: epath.Path, config: ml_collections.ConfigDict, model_config: LBDTConfig,
+                 step: int | None = None, restore_previous_if_damaged: bool = False
+                 ) -> tuple[model_dir.ModelDirectory, int]:
+  """A checkpoint of the work directory as a model (parameters, statistics and trained word vectors only)."""
+  table = read_run_record(workdir, model_config)
+  abstract = model_dir.abstract_variables(model_config)
+  wanted = {'params': {'model': abstract['params'],
+                       'word_vectors': jax.ShapeDtypeStruct(table.vectors.shape, table.vectors.dtype)},
+            'batch_stats': abstract['batch_stats']}
+  restored, step = restore_parameters(workdir, wanted, step, restore_previous_if_damaged)
+  if restored is None:
+    raise FileNotFoundError(f'{workdir / CHECKPOINTS} holds no checkpoint')
+  table = glove.WordTable(table.words, np.asarray(restored['params']['word_vectors'], np.float32), table.trainable)
+  variables = jax.device_put({'params': restored['params']['model'], 'batch_stats': restored['batch_stats']})
+  return model_dir.ModelDirectory(model_config, variables, table,
+                                  model_dir.manifest_for(config, model_config, table, step), workdir), step
 
 
-def write_model_directory(directory: str, config: ml_collections.ConfigDict, model_config: LBDTConfig, variables,
-                          table: glove.WordTable, step: int | None = None) -> None:
-  convert.save_converted(directory, model_config, variables)
+def write_run_record(workdir: epath.Path, config: ml_collections.ConfigDict, model_config: LBDTConfig,
+                     table: glove.WordTable, total_steps: int) -> None:
+  """What the checkpoints of this work directory hold (process 0 writes)."""
   if jax.process_index() != 0:
     return
-  table.save(os.path.join(directory, 'word_table.npz'))
-  with open(os.path.join(directory, 'config.json'), 'w') as f:
-    json.dump(json.loads(config.to_json_best_effort()), f, indent=2)
-  manifest = {
-      'format': MANIFEST_FORMAT, 'lbdt_jax_version': __version__, 'variant': f'LBDT-{model_config.num_lbdt_layers}',
-      'lbdt_stages': list(model_config.lbdt_stages), 'input_size': [config.input_height, config.input_width],
-      'delta': config.data.delta, 'max_words': config.max_words, 'word_vectors': 'learned' if table.trainable
-      else 'glove', 'vocabulary_size': len(table.words), 'step': step, 'trained_on': config.data.train}
-  with open(os.path.join(directory, MANIFEST_FILE), 'w') as f:
-    json.dump(manifest, f, indent=2)
+  paths.write_json(workdir / model_dir.MODEL_CONFIG_FILE, model_config.to_dict())
+  table.save(workdir / model_dir.WORD_TABLE_FILE)
+  (workdir / model_dir.CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
+  write_training_status(workdir, total_steps, finished=False)
+
+
+def read_run_record(workdir: epath.Path, model_config: LBDTConfig) -> glove.WordTable:
+  """The word table of a work directory's run, after checking that its model is `model_config`."""
+  stored = model_dir.read_model_config(workdir)
+  model_dir.check_same_architecture(stored, model_config, f'The run in {workdir}')
+  return glove.WordTable.load(workdir / model_dir.WORD_TABLE_FILE)
+
+
+def check_resumable(workdir: epath.Path, model_config: LBDTConfig) -> None:
+  """Before resuming: the work directory's checkpoints must be of the configured model."""
+  if (workdir / model_dir.MODEL_CONFIG_FILE).exists():
+    model_dir.check_same_architecture(model_dir.read_model_config(workdir), model_config,
+                                      f'The checkpoints in {workdir}')
+
+
+def write_training_status(workdir: epath.Path, total_steps: int, finished: bool) -> None:
+  if jax.process_index() == 0:
+    paths.write_json(workdir / TRAINING_STATUS_FILE, {'total_steps': total_steps, 'finished': finished})
+
+
+def read_training_status(workdir: epath.Path) -> dict | None:
+  file = workdir / TRAINING_STATUS_FILE
+  return paths.read_json(file, 'Training status') if file.exists() else None
+
+
+def export(directory: epath.Path, config: ml_collections.ConfigDict, model_config: LBDTConfig, params,
+           batch_stats, table: glove.WordTable, step: int | None) -> epath.Path:
+  """A self-contained model directory from training parameters ({'model', 'word_vectors'}) and statistics: the
+  word table carries the trained vectors."""
+  vectors = sharding.to_host(params['word_vectors'])
+  table = glove.WordTable(table.words, vectors.astype('float32'), table.trainable)
+  variables = {'params': sharding.to_host(params['model']), 'batch_stats': sharding.to_host(batch_stats)}
+  return model_dir.write(directory, model_config, variables, table=table, config=config,
+                         manifest=model_dir.manifest_for(config, model_config, table, step))

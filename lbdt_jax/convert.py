@@ -6,15 +6,14 @@ statistics back to PyTorch names, which the parity tool relies on.
 """
 
 import dataclasses
-import json
-import os
+import io
 import re
 from collections.abc import Callable, Iterator, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from lbdt_jax import model_dir, paths
 from lbdt_jax.models import LBDT, LBDTConfig
 
 Path = tuple[str, ...]  # ('params', 'spatial_encoder', 'conv1', 'kernel')
@@ -180,11 +179,6 @@ def infer_lbdt_stages(state_dict: Mapping[str, np.ndarray]) -> tuple[int, ...]:
   return tuple(sorted({int(m.group(1)) for k in state_dict if (m := re.match(r'transformer\.stage(\d)\.', k))}))
 
 
-def abstract_variables(config: LBDTConfig):
-  """Shapes and dtypes of the model's variables, without allocating them."""
-  return jax.eval_shape(LBDT(config).init, jax.random.key(0), *_example_inputs(config))
-
-
 def _get(tree, path: Path):
   for key in path:
     tree = tree[key]
@@ -237,12 +231,14 @@ def strip_wrappers(state_dict: Mapping) -> dict[str, np.ndarray]:
   return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state_dict.items()}
 
 
-def load_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Reads a state dict from `.npz` (numpy) or `.pth`/`.pt`/`.ckpt`/`.bin` (PyTorch, needs the `torch` extra)."""
-  if not os.path.isfile(path):
+def load_state_dict(path) -> dict[str, np.ndarray]:
+  """Reads a state dict from `.npz` (numpy) or `.pth`/`.pt`/`.ckpt`/`.bin` (PyTorch, needs the `torch` extra);
+  local or in a bucket."""
+  path = paths.path(path)
+  if not path.is_file():
     raise FileNotFoundError(f'No checkpoint file at {path}')
-  if path.endswith('.npz'):
-    with np.load(path, allow_pickle=False) as data:
+  if path.suffix == '.npz':
+    with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
       return strip_wrappers({k: data[k] for k in data.files})
   try:
     import torch  # pylint: disable=import-outside-toplevel
@@ -250,7 +246,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     raise ImportError(f'Reading {path} needs PyTorch: pip install "lbdt-jax[torch]" '
                       '(or save the state dict as .npz)') from error
   try:
-    loaded = torch.load(path, map_location='cpu', weights_only=True)
+    loaded = torch.load(io.BytesIO(path.read_bytes()), map_location='cpu', weights_only=True)
   except Exception as error:  # torch raises many types for corrupt or foreign files
     raise ValueError(f'Could not read {path} as a PyTorch checkpoint: {error}') from error
   if not isinstance(loaded, Mapping):
@@ -265,7 +261,7 @@ def convert_official(state_dict: Mapping[str, np.ndarray], config: LBDTConfig | 
   state_dict = strip_wrappers(state_dict)
   config = dataclasses.replace(config or LBDTConfig(), num_lbdt_layers=infer_num_lbdt_layers(state_dict),
                                lbdt_stages=infer_lbdt_stages(state_dict))
-  variables = apply_rules(state_dict, official_rules(config), abstract_variables(config), IGNORED_OFFICIAL,
+  variables = apply_rules(state_dict, official_rules(config), model_dir.abstract_variables(config), IGNORED_OFFICIAL,
                           'LBDT state dict')
   return config, variables
 
@@ -294,31 +290,6 @@ def to_torch_layout(rules: list[Rule], tree, torch_name: str) -> np.ndarray:
   raise KeyError(f'No rule maps {torch_name}')
 
 
-def save_converted(directory: str, config: LBDTConfig, variables) -> None:
-  """Writes the converted model as an orbax checkpoint plus its model config (model_config.json)."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.join(directory, 'variables'), variables, force=True)
-  with open(os.path.join(directory, 'model_config.json'), 'w') as f:
-    json.dump(config.to_dict(), f, indent=2)
-
-
-def load_converted(directory: str):
-  """Reads what `save_converted` wrote: (config, variables)."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  directory = os.path.abspath(directory)
-  config_path = os.path.join(directory, 'model_config.json')
-  if not os.path.isfile(config_path):
-    raise FileNotFoundError(f'{directory} is not a converted model: model_config.json is missing')
-  with open(config_path) as f:
-    config = LBDTConfig.from_dict(json.load(f))
-  with ocp.StandardCheckpointer() as checkpointer:
-    variables = checkpointer.restore(os.path.join(directory, 'variables'), abstract_variables(config))
-  return config, variables
-
-
 def is_torchvision_resnet(state_dict: Mapping) -> bool:
   return 'layer1.0.conv1.weight' in strip_wrappers(state_dict)
 
@@ -329,18 +300,13 @@ def convert_checkpoint(checkpoint: str, output_dir: str, config) -> LBDTConfig:
   state_dict = load_state_dict(checkpoint)
   model_config = LBDTConfig.from_dict(config.model.to_dict())
   if is_torchvision_resnet(state_dict):
-    variables = jax.jit(LBDT(model_config).init)(
-        jax.random.key(config.seed), *(jnp.zeros(s.shape, s.dtype) for s in _example_inputs(model_config)))
+    variables = jax.jit(LBDT(model_config).init)(jax.random.key(config.seed),
+                                                 *model_dir.example_inputs(model_config))
     variables = load_imagenet_backbone(variables, state_dict, model_config)
   else:
     model_config, variables = convert_official(state_dict, model_config)
-  save_converted(output_dir, model_config, variables)
-  print(f'Converted {checkpoint} -> {os.path.abspath(output_dir)} '
-        f'(LBDT-{model_config.num_lbdt_layers}, stages {model_config.lbdt_stages})')
+  manifest = {**model_dir.manifest_for(config, model_config, None, None), 'trained_on': f'converted from {checkpoint}'}
+  output_dir = model_dir.write(output_dir, model_config, variables, manifest=manifest)
+  print(f'Converted {checkpoint} -> {output_dir} (LBDT-{model_config.num_lbdt_layers}, stages '
+        f'{model_config.lbdt_stages})')
   return model_config
-
-
-def _example_inputs(config: LBDTConfig):
-  frame = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-  return (frame, frame, jax.ShapeDtypeStruct((1, 4, config.word_dim), jnp.float32),
-          jax.ShapeDtypeStruct((1, 4), jnp.int32))

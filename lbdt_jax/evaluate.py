@@ -12,39 +12,31 @@ For every "<data set>:<split>" of `config.data.evaluate`, every example is predi
 
 Results go to workdir/eval/step_<N>/results.json and to the metric writer, and are printed as tables in the
 paper's layout. With several processes each writes its samples' scores next to it and process 0 combines them.
+
+`--mode=evaluate` reads parameters only (no optimizer state, no training data): from the newest checkpoint of
+the work directory, or from a model directory. With `config.eval.follow` it runs beside training instead,
+evaluating every new checkpoint once until training has finished.
 """
 
 import functools
-import json
-import os
+import time
 import zipfile
 
 import cv2
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from clu import metric_writers
+from etils import epath
 from pycocotools import mask as mask_utils
 
 from data_pipeline import glove, input_pipeline, prepare, tokenizer
-from lbdt_jax import metrics, sharding, visualize
-from lbdt_jax.models import embed_words
+from lbdt_jax import checkpointing, inference, metrics, model_dir, paths, sharding, visualize
+from lbdt_jax.models import LBDT, LBDTConfig
 
-MODEL_INPUTS = ('frame', 'frame_difference', 'word_ids', 'word_mask')
+MODEL_INPUTS = inference.MODEL_INPUTS
 PROTOCOLS = ('original', 'reference')
-
-
-def predict_probabilities(model, params, batch_stats, batch, capture: bool = False):
-  """Foreground probabilities [B, H, W] at the input size (float32); with `capture`, also the model's
-  intermediates (attention weights included). params: {'model': ..., 'word_vectors': [V, E]}."""
-  words = embed_words(params['word_vectors'], batch['word_ids'])
-  variables = {'params': params['model'], 'batch_stats': batch_stats}
-  inputs = (batch['frame'], batch['frame_difference'], words, batch['word_mask'])
-  if capture:
-    logits, captured = model.apply(variables, *inputs, train=False, mutable=['intermediates'])
-    return jax.nn.sigmoid(logits.astype(jnp.float32)), captured['intermediates']
-  return jax.nn.sigmoid(model.apply(variables, *inputs, train=False).astype(jnp.float32))
 
 
 def _rle(mask: np.ndarray) -> dict:
@@ -120,11 +112,11 @@ def _referring(records: list[dict], coco: bool = True) -> dict:
   return results
 
 
-def _write_submission(directory: str, records: list[dict]) -> str:
+def _write_submission(directory: epath.Path, records: list[dict]) -> epath.Path:
   """The codalab zip of Refer-YouTube-VOS: Annotations/<video>/<expression_id>/<frame>.png (0/255)."""
-  path = os.path.join(directory, 'submission.zip')
-  os.makedirs(directory, exist_ok=True)
-  with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED) as archive:
+  path = directory / 'submission.zip'
+  directory.mkdir(parents=True, exist_ok=True)
+  with path.open('wb') as file, zipfile.ZipFile(file, 'w', zipfile.ZIP_DEFLATED) as archive:
     for r in records:
       png = cv2.imencode('.png', _from_rle(r['prediction']).astype(np.uint8) * 255)[1].tobytes()
       archive.writestr(f'Annotations/{r["video_id"]}/{r["expression_id"]}/{r["frame_index"]:05d}.png', png)
@@ -154,30 +146,30 @@ class _Pictures:
         if self.first_inputs is None:
           self.first_inputs = {name: batch[name][i:i + 1] for name in MODEL_INPUTS}
 
-  def save(self, directory: str) -> list[str]:
+  def save(self, directory: epath.Path) -> list[epath.Path]:
     if not self.stills:
       return []
     draw = lambda image, mask, caption: visualize.captioned(visualize.overlay(visualize.upscale(image),
                                                                                visualize.upscale(mask)), caption)
-    paths = [visualize.save_png(os.path.join(directory, 'predictions.png'),
-                                visualize.grid([draw(*s[1:]) for s in self.stills]))]
+    saved = [visualize.save_png(directory / 'predictions.png', visualize.grid([draw(*s[1:]) for s in self.stills]))]
     frames = [draw(image, mask, caption) for _, image, mask, caption in sorted(self.clip, key=lambda c: c[0])]
     height = max(f.shape[0] for f in frames)
     frames = [np.pad(f, ((0, height - f.shape[0]), (0, 0), (0, 0))) for f in frames]
-    paths.append(visualize.save_gif(os.path.join(directory, 'clip.gif'), frames))
-    return paths
+    saved.append(visualize.save_gif(directory / 'clip.gif', frames))
+    return saved
 
-  def save_attention(self, directory: str, model, params, batch_stats, model_config, input_size, stage: int,
-                     layer: int) -> str:
+  def save_attention(self, directory: epath.Path, model, params, batch_stats, input_size, stage: int,
+                     layer: int) -> epath.Path:
     """Paper Fig. 6 for the first picture: its words' attention over the frame and the frame difference."""
-    from lbdt_jax import predict  # pylint: disable=import-outside-toplevel  (predict imports this module)
     inputs = self.first_inputs
-    _, captured = predict_probabilities(model, params, batch_stats, inputs, capture=True)
+    _, captured = inference.probabilities(model, params, batch_stats, inputs, capture=True)
+    maps = inference.attention_maps(jax.tree.map(np.asarray, captured), model.config, stage, layer)
     caption = self.stills[0][3]
     tokens = [t for t, m in zip(*tokenizer.pad_tokens(caption, inputs['word_mask'].shape[1])) if m]
-    grid = predict.attention_picture(captured, 0, model_config, input_size, self.stills[0][1],
-                                     inputs['frame_difference'][0], tokens, stage, layer)
-    return visualize.save_png(os.path.join(directory, f'attention_stage{stage}_layer{layer}.png'), grid)
+    grid_size = (input_size[0] // 2**stage, input_size[1] // 2**stage)  # stage s works at 1/2^s of the input
+    picture = visualize.attention_picture(self.stills[0][1], inputs['frame_difference'][0],
+                                          {name: value[0] for name, value in maps.items()}, tokens, grid_size)
+    return visualize.save_png(directory / f'attention_stage{stage}_layer{layer}.png', picture)
 
 
 def evaluate_split(config, model, mesh, params, batch_stats, builder, split: str, sentences,
@@ -207,32 +199,29 @@ def evaluate_split(config, model, mesh, params, batch_stats, builder, split: str
 
 @functools.lru_cache(maxsize=4)
 def _compiled_predictor(model, mesh):
-  return jax.jit(functools.partial(predict_probabilities, model),
+  return jax.jit(functools.partial(inference.probabilities, model),
                  out_shardings=sharding.batch_sharding(mesh))
 
 
-def _gather_records(records: list[dict], directory: str, tag: str) -> list[dict] | None:
+def _gather_records(records: list[dict], directory: epath.Path, tag: str) -> list[dict] | None:
   """All processes' records on process 0 (None elsewhere), through the shared work directory."""
   if jax.process_count() == 1:
     return records
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, f'{tag}.records_{jax.process_index()}.json'), 'w') as f:
-    json.dump(records, f)
+  paths.write_json(directory / f'{tag}.records_{jax.process_index()}.json', records, indent=None)
   sharding.barrier(f'records {tag}')
   if jax.process_index() != 0:
     return None
   combined = []
   for process in range(jax.process_count()):
-    with open(os.path.join(directory, f'{tag}.records_{process}.json')) as f:
-      combined += json.load(f)
+    combined += paths.read_json(directory / f'{tag}.records_{process}.json', 'Evaluation records')
   return combined
 
 
-def run_evaluation(config, model, mesh, params, batch_stats, prepared: dict, table, step: int, workdir: str,
-                   writer=None, pictures: int = 0) -> dict:
+def run_evaluation(config, model, mesh, params, batch_stats, prepared: dict, table, step: int,
+                   workdir: epath.Path, writer=None, pictures: int = 0) -> dict:
   """Evaluates every split of config.data.evaluate; returns {"name:split": results} (complete on process 0)."""
   sentences = input_pipeline.SentenceTable(prepare.sentences(prepared), table, config.max_words)
-  directory = os.path.join(workdir, 'eval', f'step_{step}')
+  directory = workdir / 'eval' / f'step_{step}'
   results, tables = {}, {}
   collector = _Pictures(pictures) if pictures and jax.process_index() == 0 else None
   for spec in config.data.evaluate:
@@ -244,7 +233,7 @@ def run_evaluation(config, model, mesh, params, batch_stats, prepared: dict, tab
       continue
     result = aggregate(name, records)
     if records and 'prediction' in records[0]:
-      result['submission'] = _write_submission(os.path.join(directory, f'{name}_{split}'), records)
+      result['submission'] = str(_write_submission(directory / f'{name}_{split}', records))
     results[spec] = result
     layout = 'davis' if name == 'ref_davis17' else 'a2d'
     if 'prediction' not in (records[0] if records else {}):
@@ -254,71 +243,133 @@ def run_evaluation(config, model, mesh, params, batch_stats, prepared: dict, tab
     if writer is not None:
       writer.write_scalars(step, {f'{spec}/{k}': v for k, v in result.items() if isinstance(v, (int, float))})
   if jax.process_index() == 0:
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, 'results.json'), 'w') as f:
-      json.dump(results, f, indent=2)
+    results_file = directory / 'results.json'
+    if results_file.exists():
+      print(f'Replacing the earlier results in {results_file}', flush=True)
     for spec, table in tables.items():
       print(f'\n{spec} ({int(results[spec]["num_samples"])} samples)\n{table}', flush=True)
     for spec, result in results.items():
       if 'submission' in result:
         print(f'{spec}: {result["num_samples"]} masks written to {result["submission"]}', flush=True)
     if collector is not None:
-      paths = collector.save(os.path.join(workdir, 'pictures'))
-      if paths and config.eval.attention_maps and jax.process_count() == 1:  # one process: a local forward pass
-        paths.append(collector.save_attention(os.path.join(workdir, 'pictures'), model, params, batch_stats,
-                                              model.config, (config.input_height, config.input_width),
+      saved = collector.save(workdir / 'pictures')
+      if saved and config.eval.attention_maps and jax.process_count() == 1:  # one process: a local forward pass
+        saved.append(collector.save_attention(workdir / 'pictures', model, params, batch_stats,
+                                              (config.input_height, config.input_width),
                                               config.eval.attention_stage, config.eval.attention_layer))
-      if paths:
-        print('Pictures: ' + ', '.join(paths), flush=True)
-        results['pictures'] = paths
-    logging.info('Evaluation results in %s', os.path.join(directory, 'results.json'))
+      if saved:
+        results['pictures'] = [str(p) for p in saved]
+    paths.write_json(results_file, results)
+    print(f'Results: {results_file}' + (f'; pictures: {", ".join(results["pictures"])}' if 'pictures' in results
+                                        else ''), flush=True)
+    logging.info('Evaluation results in %s', results_file)
   return results
 
 
-def evaluate_trained(config, trainer, state, writer, step: int, workdir: str, final: bool = False) -> dict:
-  """The evaluation during training (pictures with the final one)."""
-  return run_evaluation(config, trainer.model, trainer.mesh, state.params, state.batch_stats, trainer.prepared,
-                        trainer.table, step, workdir, writer, pictures=config.eval.pictures if final else 0)
+def evaluation_data(config: ml_collections.ConfigDict) -> dict:
+  """The data sets of config.data.evaluate, prepared (process 0 first); never the training data."""
+  evaluation_only = ml_collections.ConfigDict(config.to_dict())
+  evaluation_only.data.train = ''
+  return sharding.process_zero_first(lambda: prepare.prepare(evaluation_only), 'evaluation data prepared')
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """`--mode=evaluate`: the latest checkpoint of workdir (when the config trains), else config.init.checkpoint or
-  workdir/export (an exported or converted model directory), on every split of config.data.evaluate."""
-  from lbdt_jax import checkpointing, convert, train  # pylint: disable=import-outside-toplevel  (cycle)
-  workdir = os.path.abspath(workdir)
-  checkpoints = os.path.join(workdir, 'checkpoints')
-  if config.data.train and os.path.isdir(checkpoints) and os.listdir(checkpoints):
-    trainer = train.build_trainer(config)
-    manager = checkpointing.manager(workdir, config)
-    state, step = checkpointing.restore_latest(manager, trainer.state, trainer.state_shardings)
-    manager.close()
-    if step is not None:
-      print(f'Evaluating the checkpoint of step {step} in {checkpoints}', flush=True)
-      return run_evaluation(config, trainer.model, trainer.mesh, state.params, state.batch_stats, trainer.prepared,
-                            trainer.table, step, workdir, pictures=config.eval.pictures)
-  source = config.init.checkpoint or os.path.join(workdir, 'export')
-  if not os.path.isfile(os.path.join(source, 'model_config.json')):
+def load_for_evaluation(config: ml_collections.ConfigDict, workdir: epath.Path,
+                        step: int | None = None) -> tuple[model_dir.ModelDirectory, int]:
+  """The model to evaluate and its step: a checkpoint of the work directory (parameters only), else the model
+  directory of config.init.checkpoint or workdir/export."""
+  model_config = LBDTConfig.from_dict(config.model)
+  if config.data.train and checkpointing.has_checkpoints(workdir):
+    loaded, loaded_step = checkpointing.read_trained(workdir, config, model_config, step=step,
+                                                     restore_previous_if_damaged=config.train.restore_previous_if_damaged)
+    print(f'Evaluating the checkpoint of step {loaded_step} in {workdir / checkpointing.CHECKPOINTS}', flush=True)
+    return loaded, loaded_step
+  source = paths.path(config.init.checkpoint) if config.init.checkpoint else workdir / 'export'
+  if not (source / model_dir.MODEL_CONFIG_FILE).exists():
     raise FileNotFoundError(f'Nothing to evaluate: {workdir} has no checkpoint and {source} is not a model '
                             'directory (train first, or pass --config.init.checkpoint=<export or converted dir>)')
-  manifest_path = os.path.join(source, checkpointing.MANIFEST_FILE)
-  if os.path.exists(manifest_path):
-    with open(manifest_path) as f:
-      manifest = json.load(f)
-    expected = {'input_size': [config.input_height, config.input_width], 'max_words': config.max_words}
-    for key, value in expected.items():
-      if manifest.get(key) is not None and list(np.atleast_1d(manifest[key])) != list(np.atleast_1d(value)):
-        raise ValueError(f'{source} was trained with {key}={manifest[key]}, the config asks for {value}: '
-                         'use the config the model was trained with')
-  prepared = train.prepare_data(config)
-  model_config, variables = convert.load_converted(source)
-  table = prepare.word_table(prepared)
-  exported_table = os.path.join(source, 'word_table.npz')
-  if os.path.exists(exported_table):
-    exported = glove.WordTable.load(exported_table)
-    table = exported if exported.trainable else prepare.merge([exported, table])
-  mesh = sharding.make_mesh(config.mesh.model)
-  params = sharding.put({'model': variables['params'], 'word_vectors': table.vectors}, sharding.replicated(mesh))
-  batch_stats = sharding.put(variables['batch_stats'], sharding.replicated(mesh))
+  loaded = model_dir.read(source, word_table=False)
+  expected = {'input_size': [config.input_height, config.input_width], 'max_words': config.max_words}
+  for key, value in expected.items():
+    if loaded.manifest.get(key) is not None and list(np.atleast_1d(loaded.manifest[key])) != list(
+        np.atleast_1d(value)):
+      raise ValueError(f'{source} was trained with {key}={loaded.manifest[key]}, the config asks for {value}: '
+                       'use the config the model was trained with')
   print(f'Evaluating the model in {source}', flush=True)
-  return run_evaluation(config, train.LBDT(model_config), mesh, params, batch_stats, prepared, table, 0, workdir,
-                        pictures=config.eval.pictures)
+  return loaded, 0
+
+
+def _with_data_words(loaded: model_dir.ModelDirectory, prepared: dict):
+  """The word table to evaluate with: a model's learned table as it is; GloVe tables extended with the words of
+  the evaluated data (their GloVe vectors); the data's table for a converted checkpoint without one."""
+  data_table = prepare.word_table(prepared)
+  if loaded.table is None:
+    return data_table
+  return loaded.table if loaded.table.trainable else glove.merge([loaded.table, data_table])
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
+  """`--mode=evaluate`: the newest checkpoint of workdir (when the config trains), else config.init.checkpoint or
+  workdir/export, on every split of config.data.evaluate; with config.eval.follow, every checkpoint as training
+  writes it."""
+  workdir = paths.path(workdir)
+  if config.eval.follow:
+    return follow(config, workdir)
+  loaded, step = load_for_evaluation(config, workdir)
+  prepared = evaluation_data(config)
+  return _evaluate_loaded(config, loaded, step, prepared, workdir, pictures=config.eval.pictures)
+
+
+def _evaluate_loaded(config, loaded: model_dir.ModelDirectory, step: int, prepared: dict, workdir: epath.Path,
+                     writer=None, pictures: int = 0) -> dict:
+  table = _with_data_words(loaded, prepared)
+  mesh = sharding.make_mesh(config.mesh.model)
+  params = sharding.put({'model': loaded.variables['params'], 'word_vectors': table.vectors},
+                        sharding.replicated(mesh))
+  batch_stats = sharding.put(loaded.variables['batch_stats'], sharding.replicated(mesh))
+  return run_evaluation(config, LBDT(loaded.model_config), mesh, params, batch_stats, prepared, table, step,
+                        workdir, writer, pictures=pictures)
+
+
+def follow(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
+  """Evaluates each checkpoint of a training run once, as it appears, until training has finished; results in
+  workdir/eval/step_<N>/ and TensorBoard scalars in workdir/eval. Returns the last results."""
+  if not config.data.train:
+    raise ValueError('config.eval.follow evaluates the checkpoints of a training run: the config must name its '
+                     'training data (config.data.train)')
+  prepared = evaluation_data(config)
+  writer = metric_writers.create_default_writer(str(workdir / 'eval'), just_logging=jax.process_index() > 0)
+  done = set(_evaluated_steps(workdir))
+  results, waiting_since = {}, time.time()
+  print(f'Following {workdir / checkpointing.CHECKPOINTS}: evaluating each new checkpoint until training has '
+        f'finished ({len(done)} evaluated already)', flush=True)
+  while True:
+    status = checkpointing.read_training_status(workdir)
+    steps = checkpointing.finished_steps(workdir)
+    for step in [s for s in steps if s not in done]:
+      try:
+        loaded, _ = checkpointing.read_trained(workdir, config, LBDTConfig.from_dict(config.model), step=step)
+      except FileNotFoundError as error:  # removed by the keep policy before it could be read
+        logging.warning('Checkpoint of step %d not evaluated: %s', step, error)
+        print(f'Warning: the checkpoint of step {step} was removed before it could be evaluated', flush=True)
+        done.add(step)
+        continue
+      results = _evaluate_loaded(config, loaded, step, prepared, workdir, writer)
+      writer.flush()
+      done.add(step)
+      waiting_since = time.time()
+    if status and status['finished'] and status['total_steps'] in done:
+      print(f'Training has finished at step {status["total_steps"]}: {len(done)} checkpoints evaluated', flush=True)
+      return results
+    if time.time() - waiting_since > config.eval.follow_timeout_minutes * 60:
+      raise TimeoutError(f'No new checkpoint in {workdir / checkpointing.CHECKPOINTS} for '
+                         f'{config.eval.follow_timeout_minutes} minutes and training has not finished '
+                         '(config.eval.follow_timeout_minutes)')
+    time.sleep(config.eval.follow_poll_seconds)
+
+
+def _evaluated_steps(workdir: epath.Path) -> list[int]:
+  directory = workdir / 'eval'
+  if not directory.exists():
+    return []
+  return [int(d.name[len('step_'):]) for d in directory.iterdir()
+          if d.name.startswith('step_') and d.name[len('step_'):].isdigit() and (d / 'results.json').exists()]

@@ -3,7 +3,7 @@
 Frames are streamed from a video file (anything OpenCV reads) or a folder of images; each frame is paired with
 the frame δ earlier (clamped at the start) and resized to the model's input size as in training, and every
 (frame, sentence) pair of a batch goes through one jitted call. Probabilities are brought back to the frame's own
-size. Written to the output folder:
+size. Written to the output folder (local or a bucket):
 
   masks/<k>_<sentence>/<frame>.png   binary masks (0/255) per sentence and frame
   overlay.mp4, overlay.gif           every sentence's mask in its own colour, sentences as captions
@@ -16,98 +16,72 @@ subsampled) at reduced size.
 """
 
 import collections
-import dataclasses
+import contextlib
 import functools
-import json
 import logging
-import os
 import re
 
 import cv2
-import imageio.v3 as iio
 import jax
 import numpy as np
 import tqdm
+from etils import epath
 
 from data_pipeline import glove, input_pipeline, tokenizer
-from lbdt_jax import checkpointing, convert, evaluate, visualize
-from lbdt_jax.models import LBDT, LBDTConfig
+from lbdt_jax import inference, model_dir, paths, visualize
+from lbdt_jax.models import LBDT
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 MAX_GIF_FRAMES = 120
 GIF_WIDTH = 320
 
 
-@dataclasses.dataclass
-class LoadedModel:
-  """A model directory in memory."""
-  model_config: LBDTConfig
-  variables: dict
-  table: glove.WordTable
-  manifest: dict
-
-  @property
-  def input_size(self) -> tuple[int, int]:
-    return tuple(self.manifest['input_size'])
+def load_model(directory) -> model_dir.ModelDirectory:
+  """A model directory written by `--mode=export`, by training (workdir/export) or by `--mode=convert` (with a
+  word table)."""
+  return model_dir.read(directory)
 
 
-def load_model(directory: str) -> LoadedModel:
-  """A model directory written by `--mode=export`, by training (workdir/export) or by `--mode=convert`."""
-  directory = os.path.abspath(os.path.expanduser(directory))
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f'Model directory {directory} does not exist')
-  model_config, variables = convert.load_converted(directory)
-  manifest_path = os.path.join(directory, checkpointing.MANIFEST_FILE)
-  manifest = {'input_size': [320, 320], 'delta': 6, 'max_words': tokenizer.MAX_WORDS}  # the paper's settings
-  config_path = os.path.join(directory, 'config.json')
-  if os.path.exists(config_path):  # model directories written before manifests existed
-    with open(config_path) as f:
-      config = json.load(f)
-    manifest.update(input_size=[config['input_height'], config['input_width']], delta=config['data']['delta'],
-                    max_words=config['max_words'])
-  if os.path.exists(manifest_path):
-    with open(manifest_path) as f:
-      manifest.update(json.load(f))
-  table_path = os.path.join(directory, 'word_table.npz')
-  if not os.path.exists(table_path):
-    raise FileNotFoundError(f'{directory} has no word_table.npz: export the model with --mode=export '
-                            '(converted checkpoints need the word table of the data they are used with)')
-  return LoadedModel(model_config, variables, glove.WordTable.load(table_path), manifest)
+class FrameReader(contextlib.ExitStack):
+  """Frames of a video file or of a folder of images (local or in a bucket), in order, as uint8 RGB; `count` may
+  be None. Use it as a context manager: a video in a bucket is copied to a local temporary file while open."""
 
-
-class FrameReader:
-  """Frames of a video file or of a folder of images, in order, as uint8 RGB; `count` may be None."""
-
-  def __init__(self, source: str):
-    self.source = os.path.abspath(os.path.expanduser(source))
-    if os.path.isdir(self.source):
-      names = [n for n in os.listdir(self.source) if n.lower().endswith(IMAGE_EXTENSIONS)]
-      natural = lambda name: [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', name)]
-      self.files = [os.path.join(self.source, n) for n in sorted(names, key=natural)]
+  def __init__(self, source):
+    super().__init__()
+    self.source = paths.path(source)
+    self.files, self.local = None, None
+    if self.source.is_dir():
+      names = [p for p in self.source.iterdir() if p.name.lower().endswith(IMAGE_EXTENSIONS)]
+      natural = lambda path: [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', path.name)]
+      self.files = sorted(names, key=natural)
       if not self.files:
         raise ValueError(f'{self.source} holds no image files ({", ".join(IMAGE_EXTENSIONS)})')
       self.count, self.fps = len(self.files), 10.0
-    elif os.path.isfile(self.source):
-      self.files = None
-      capture = cv2.VideoCapture(self.source)
+    elif not self.source.exists():
+      raise FileNotFoundError(f'Video {self.source} does not exist')
+
+  def __enter__(self) -> 'FrameReader':
+    super().__enter__()
+    if self.files is None:
+      self.local = self.enter_context(paths.local_copy(self.source))
+      capture = cv2.VideoCapture(self.local)
       if not capture.isOpened():
         raise ValueError(f'{self.source} is not a video OpenCV can read')
       count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
       self.count = count if count > 0 else None
       self.fps = capture.get(cv2.CAP_PROP_FPS) or 10.0
       capture.release()
-    else:
-      raise FileNotFoundError(f'Video {self.source} does not exist')
+    return self
 
   def __iter__(self):
     if self.files is not None:
       for path in self.files:
-        frame = cv2.imread(path, cv2.IMREAD_COLOR)
+        frame = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
         if frame is None:
           raise ValueError(f'{path} is not a readable image')
         yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
       return
-    capture = cv2.VideoCapture(self.source)
+    capture = cv2.VideoCapture(self.local)
     produced = 0
     while True:
       ok, frame = capture.read()
@@ -120,11 +94,12 @@ class FrameReader:
       raise ValueError(f'{self.source} has no decodable frames')
 
 
-def encode_sentences(sentences: list[str], loaded: LoadedModel) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+def encode_sentences(sentences: list[str], loaded: model_dir.ModelDirectory
+                     ) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
   """(word_ids [S, N], word_mask [S, N], tokens per sentence); warns about words outside the vocabulary."""
   if not sentences:
     raise ValueError('Give at least one sentence')
-  max_words = loaded.manifest['max_words']
+  max_words = loaded.max_words
   ids, masks, token_lists = [], [], []
   known = set(loaded.table.words)
   for sentence in sentences:
@@ -145,83 +120,46 @@ def encode_sentences(sentences: list[str], loaded: LoadedModel) -> tuple[np.ndar
   return np.stack(ids), np.stack(masks), token_lists
 
 
-def extend_with_glove(loaded: LoadedModel, sentences: list[str], glove_path: str) -> None:
+def extend_with_glove(loaded: model_dir.ModelDirectory, sentences: list[str], glove_path) -> None:
   """Adds the sentences' words that a GloVe-based model's table lacks, from the GloVe file."""
   if loaded.table.trainable:
     raise ValueError('This model learned its word vectors: a GloVe file cannot add words to it')
   missing = set(glove.vocabulary(sentences)) - set(loaded.table.words)
   if missing:
-    extra = glove.from_glove(glove_path, missing, dim=loaded.table.dim)
-    from data_pipeline import prepare  # pylint: disable=import-outside-toplevel
-    loaded.table = prepare.merge([loaded.table, extra])
+    extra = glove.from_glove(paths.path(glove_path), missing, dim=loaded.table.dim)
+    loaded.table = glove.merge([loaded.table, extra])
 
 
 def _slug(text: str) -> str:
   return re.sub(r'[^a-z0-9]+', '_', text.lower()).strip('_')[:40] or 'sentence'
 
 
-def _attention_maps(attention: dict, config: LBDTConfig, stage: int, layer: int) -> dict[str, np.ndarray]:
-  """{'frame' | 'difference': [B, words, h*w]}: the head-averaged weights with which the words of one LBDT layer
-  aggregate their source stream (eqs. 4-6): the frame (spatial stream) when the layer updates the temporal
-  stream, the frame difference (temporal stream) when it updates the spatial one."""
-  if config.bridge != 'language':
-    raise ValueError('Attention maps show the words\' attention: the model has no language bridge')
-  module = attention.get(f'lbdt_stage{stage}')
-  if module is None:
-    raise ValueError(f'The model has no LBDT module in stage {stage} (it has {list(config.lbdt_stages)})')
-  if not 0 <= layer < config.num_lbdt_layers:
-    raise ValueError(f'The model has {config.num_lbdt_layers} LBDT layers, not a layer {layer}')
-  sources = {'spatial': 'frame', 'temporal': 'difference'}
-  targets = config.transfer_targets()
-  if config.share_direction_weights:  # one layer called once per direction, in the order of `targets`
-    calls = module[f'layer{layer}']['word_source_attention']['attention_weights']
-    weights = dict(zip(targets.values(), calls))
-  else:
-    weights = {source: module[f'layer{layer}_to_{target}']['word_source_attention']['attention_weights'][0]
-               for target, source in targets.items()}
-  return {sources[source]: np.asarray(w, np.float32).mean(axis=1) for source, w in weights.items()}
-
-
-def _attention_grid(image: np.ndarray, difference: np.ndarray, maps: dict[str, np.ndarray], tokens: list[str],
-                    grid_size: tuple[int, int]) -> np.ndarray:
-  """Rows of [word | attention over the frame | attention over the frame difference]."""
-  height, width = image.shape[:2]
-  rows = []
-  for w, token in enumerate(tokens):
-    cells = []
-    for name, base in (('frame', image), ('difference', difference)):
-      if name not in maps:
-        continue
-      heat = maps[name][w].reshape(grid_size)
-      heat = cv2.resize(heat / max(heat.max(), 1e-12), (width, height), interpolation=cv2.INTER_CUBIC)
-      colour = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-      cells.append(visualize.captioned((0.5 * base + 0.5 * colour).astype(np.uint8), f'"{token}" on the {name}'))
-    rows.append(np.concatenate(cells, axis=1))
-  return np.concatenate(rows, axis=0)
-
-
-def predict(model_dir: str, video: str, sentences: list[str], output_dir: str, *, batch_size: int = 8,
+def predict(model_directory, video, sentences: list[str], output_dir, *, batch_size: int = 8,
             delta: int | None = None, attention: bool = False, attention_stage: int = 5, attention_layer: int = 0,
-            attention_frames: tuple[int, ...] = (), glove_path: str | None = None) -> dict:
+            attention_frames: tuple[int, ...] = (), glove_path=None) -> dict:
   """Segments every frame of `video` for each sentence; returns the summary also written to predictions.json."""
-  loaded = load_model(model_dir)
+  loaded = load_model(model_directory)
   if glove_path:
     extend_with_glove(loaded, sentences, glove_path)
-  frames = FrameReader(video)
   word_ids, word_mask, tokens = encode_sentences(sentences, loaded)
-  delta = loaded.manifest['delta'] if delta is None else delta
+  delta = loaded.delta if delta is None else delta
   if delta < 1 or batch_size < 1:
     raise ValueError(f'delta and batch_size must be positive, got {delta} and {batch_size}')
+  output_dir = paths.path(output_dir)
+  with FrameReader(video) as frames:
+    return _predict(loaded, frames, sentences, word_ids, word_mask, tokens, output_dir, batch_size, delta,
+                    attention, attention_stage, attention_layer, attention_frames)
+
+
+def _predict(loaded, frames: FrameReader, sentences, word_ids, word_mask, tokens, output_dir: epath.Path,
+             batch_size, delta, attention, attention_stage, attention_layer, attention_frames) -> dict:
   height, width = loaded.input_size
   model = LBDT(loaded.model_config)
   params = jax.device_put({'model': loaded.variables['params'], 'word_vectors': loaded.table.vectors})
   batch_stats = jax.device_put(loaded.variables['batch_stats'])
   count = len(sentences)
-  compiled = jax.jit(functools.partial(evaluate.predict_probabilities, model), static_argnums=3)
-  output_dir = os.path.abspath(output_dir)
-  mask_dirs = [os.path.join(output_dir, 'masks', f'{k}_{_slug(s)}') for k, s in enumerate(sentences)]
-  for directory in mask_dirs:
-    os.makedirs(directory, exist_ok=True)
+  compiled = jax.jit(functools.partial(inference.probabilities, model), static_argnums=3)
+  mask_dirs = [output_dir / 'masks' / f'{k}_{_slug(s)}' for k, s in enumerate(sentences)]
   colours = [visualize.COLOURS[k % len(visualize.COLOURS)] for k in range(count)]
   stats = [[] for _ in sentences]
   writer, gif_frames = None, []
@@ -231,6 +169,7 @@ def predict(model_dir: str, video: str, sentences: list[str], output_dir: str, *
   pending = []  # (index, rgb frame, normalised frame, normalised previous frame)
   attention_paths = []
   progress = tqdm.tqdm(total=frames.count, unit='frame', desc='predict')
+  outputs = contextlib.ExitStack()
 
   def flush():
     nonlocal writer
@@ -246,12 +185,12 @@ def predict(model_dir: str, video: str, sentences: list[str], output_dir: str, *
     probabilities, captured = compiled(params, batch_stats, inputs, True) if capture else (
         compiled(params, batch_stats, inputs, False), None)
     probabilities = np.asarray(probabilities).reshape(batch_size, count, height, width)
-    for row, (index, rgb, normalised, _) in enumerate(pending):
+    for row, (index, rgb, _, _) in enumerate(pending):
       shown = rgb.copy()
       for k in range(count):
         full = cv2.resize(probabilities[row, k], (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
         mask = full > 0.5
-        cv2.imwrite(os.path.join(mask_dirs[k], f'{index:05d}.png'), mask.astype(np.uint8) * 255)
+        visualize.save_png(mask_dirs[k] / f'{index:05d}.png', mask.astype(np.uint8) * 255)
         stats[k].append({'frame': index, 'area': int(mask.sum()),
                          'mean_foreground_probability': float(full[mask].mean()) if mask.any() else 0.0})
         shown = visualize.overlay(shown, mask, colours[k])
@@ -260,8 +199,9 @@ def predict(model_dir: str, video: str, sentences: list[str], output_dir: str, *
                                                tokens, attention_stage, attention_layer, loaded))
       shown = _captions(shown, sentences, colours)
       if writer is None:
-        writer = cv2.VideoWriter(os.path.join(output_dir, 'overlay.mp4'), cv2.VideoWriter_fourcc(*'mp4v'),
-                                 frames.fps, (shown.shape[1], shown.shape[0]))
+        local = outputs.enter_context(paths.local_output(output_dir / 'overlay.mp4'))
+        writer = cv2.VideoWriter(local, cv2.VideoWriter_fourcc(*'mp4v'), frames.fps, (shown.shape[1], shown.shape[0]))
+        outputs.callback(writer.release)
       writer.write(cv2.cvtColor(shown, cv2.COLOR_RGB2BGR))
       if index % gif_stride == 0 and len(gif_frames) < MAX_GIF_FRAMES:
         scale = min(1.0, GIF_WIDTH / shown.shape[1])
@@ -270,36 +210,34 @@ def predict(model_dir: str, video: str, sentences: list[str], output_dir: str, *
     pending.clear()
 
   size = None
-  for index, rgb in enumerate(frames):
+  with outputs:
+    for index, rgb in enumerate(frames):
+      if size is None:
+        size = rgb.shape[:2]
+      elif rgb.shape[:2] != size:
+        raise ValueError(f'Frame {index} of {frames.source} is {rgb.shape[1]}x{rgb.shape[0]}, the first was '
+                         f'{size[1]}x{size[0]}: all frames of a video must have one size')
+      normalised = input_pipeline.normalised_frames(rgb[None], height, width)[0]
+      recent.append(normalised)
+      pending.append((index, rgb, normalised, recent[0]))  # recent[0]: δ frames earlier, or the first frame
+      if len(pending) == batch_size:
+        flush()
     if size is None:
-      size = rgb.shape[:2]
-    elif rgb.shape[:2] != size:
-      raise ValueError(f'Frame {index} of {frames.source} is {rgb.shape[1]}x{rgb.shape[0]}, the first was '
-                       f'{size[1]}x{size[0]}: all frames of a video must have one size')
-    normalised = input_pipeline.normalised_frames(rgb[None], height, width)[0]
-    recent.append(normalised)
-    pending.append((index, rgb, normalised, recent[0]))  # recent[0]: δ frames earlier, or the first frame
-    if len(pending) == batch_size:
-      flush()
-  if size is None:
-    raise ValueError(f'{frames.source} has no frames')
-  flush()
+      raise ValueError(f'{frames.source} has no frames')
+    flush()
   progress.close()
-  writer.release()
-  iio.imwrite(os.path.join(output_dir, 'overlay.gif'), np.stack(_same_size(gif_frames)),
-              duration=1000.0 * gif_stride / frames.fps, loop=0)
-  summary = {'video': frames.source, 'model': os.path.abspath(model_dir), 'delta': delta,
+  gif = visualize.save_gif(output_dir / 'overlay.gif', _same_size(gif_frames), fps=frames.fps / gif_stride)
+  summary = {'video': str(frames.source), 'model': str(loaded.path), 'delta': delta,
              'input_size': [height, width], 'frames': len(stats[0]),
-             'sentences': [{'sentence': s, 'tokens': t, 'masks': d, 'frames': f}
+             'sentences': [{'sentence': s, 'tokens': t, 'masks': str(d), 'frames': f}
                            for s, t, d, f in zip(sentences, tokens, mask_dirs, stats)],
-             'overlay_video': os.path.join(output_dir, 'overlay.mp4'),
-             'overlay_gif': os.path.join(output_dir, 'overlay.gif'), 'attention_maps': attention_paths}
-  with open(os.path.join(output_dir, 'predictions.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
-  print(f'{len(stats[0])} frames x {count} sentences segmented. Masks: {os.path.join(output_dir, "masks")}; '
+             'overlay_video': str(output_dir / 'overlay.mp4'), 'overlay_gif': str(gif),
+             'attention_maps': [str(p) for p in attention_paths]}
+  paths.write_json(output_dir / 'predictions.json', summary)
+  print(f'{len(stats[0])} frames x {count} sentences segmented. Masks: {output_dir / "masks"}; '
         f'overlay: {summary["overlay_video"]} and {summary["overlay_gif"]}; per-frame areas: '
-        f'{os.path.join(output_dir, "predictions.json")}' +
-        (f'; attention maps: {", ".join(attention_paths)}' if attention_paths else ''))
+        f'{output_dir / "predictions.json"}' +
+        (f'; attention maps: {", ".join(summary["attention_maps"])}' if attention_paths else ''))
   return summary
 
 
@@ -314,25 +252,16 @@ def _captions(image: np.ndarray, sentences: list[str], colours) -> np.ndarray:
   return image
 
 
-def _save_attention(output_dir, index, rgb, difference, captured, row, count, tokens, stage, layer,
-                    loaded: LoadedModel) -> list[str]:
+def _save_attention(output_dir: epath.Path, index, rgb, difference, captured, row, count, tokens, stage, layer,
+                    loaded: model_dir.ModelDirectory) -> list[epath.Path]:
   """One PNG per sentence: its words' attention over the frame and the frame difference."""
-  paths = []
-  for k in range(count):
-    grid = attention_picture(captured, row * count + k, loaded.model_config, loaded.input_size, rgb,
-                             difference, tokens[k], stage, layer)
-    path = os.path.join(output_dir, 'attention', f'frame{index:05d}_sentence{k}_stage{stage}_layer{layer}.png')
-    paths.append(visualize.save_png(path, grid))
-  return paths
-
-
-def attention_picture(captured: dict, row: int, model_config: LBDTConfig, input_size: tuple[int, int],
-                      rgb: np.ndarray, difference: np.ndarray, tokens: list[str], stage: int, layer: int) -> np.ndarray:
-  """Paper Fig. 6 for one sample: per word, its attention over the frame and over the frame difference."""
-  maps = _attention_maps(jax.tree.map(np.asarray, captured), model_config, stage, layer)
-  height, width = input_size
+  maps = inference.attention_maps(jax.tree.map(np.asarray, captured), loaded.model_config, stage, layer)
+  height, width = loaded.input_size
   grid_size = (height // 2**stage, width // 2**stage)  # stage s works at 1/2^s of the input
-  image = visualize.upscale(rgb, 160)
-  shown_difference = cv2.resize(visualize.difference_image(difference), (image.shape[1], image.shape[0]))
-  return _attention_grid(image, shown_difference, {name: value[row] for name, value in maps.items()}, tokens,
-                         grid_size)
+  saved = []
+  for k in range(count):
+    picture = visualize.attention_picture(rgb, difference, {name: value[row * count + k] for name, value in
+                                                            maps.items()}, tokens[k], grid_size)
+    saved.append(visualize.save_png(
+        output_dir / 'attention' / f'frame{index:05d}_sentence{k}_stage{stage}_layer{layer}.png', picture))
+  return saved

@@ -42,6 +42,15 @@ def barrier(name: str) -> None:
   ocp.multihost.get_barrier_sync_fn()(key=f'{name} #{next(_barrier_numbers)}', timeout_ms=BARRIER_TIMEOUT_S * 1000)
 
 
+def process_zero_first(work, name: str):
+  """`work()` on process 0, then on the others (for work that fills a shared directory, e.g. preparing data)."""
+  if jax.process_count() == 1:
+    return work()
+  result = work() if jax.process_index() == 0 else None
+  barrier(name)
+  return result if jax.process_index() == 0 else work()
+
+
 def compile_together(jitted, *args, name: str) -> None:
   """With several processes: compiles `jitted` for `args` (arrays or ShapeDtypeStructs) into its cache now, then
   waits for the others, so that its first cross-process collective does not wait for a slower compiler (see

@@ -8,7 +8,6 @@ writers) lives in the loop.
 
 import dataclasses
 import functools
-import os
 import time
 from collections.abc import Callable
 
@@ -23,7 +22,7 @@ from clu import metric_writers, periodic_actions
 from jax.sharding import PartitionSpec as P
 
 from data_pipeline import glove, input_pipeline, prepare
-from lbdt_jax import checkpointing, convert, evaluate, sharding
+from lbdt_jax import checkpointing, convert, evaluate, model_dir, paths, preemption, sharding
 from lbdt_jax.losses import segmentation_loss
 from lbdt_jax.models import LBDT, LBDTConfig, embed_words
 
@@ -45,7 +44,7 @@ class TrainState:
 
 
 def model_config(config: ml_collections.ConfigDict) -> LBDTConfig:
-  return LBDTConfig.from_dict(config.model.to_dict())
+  return LBDTConfig.from_dict(config.model)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
@@ -167,13 +166,10 @@ def _initial_weights(config, state: TrainState, optimizer, lbdt_config: LBDTConf
   """ImageNet encoders (torchvision weights) or a whole model (a converted official checkpoint or an export)."""
   init = config.init
   if init.checkpoint:
-    stored_config, variables = convert.load_converted(init.checkpoint)
-    differences = {k: (v, getattr(lbdt_config, k)) for k, v in stored_config.to_dict().items()
-                   if k not in LBDTConfig.EXECUTION_FIELDS and getattr(lbdt_config, k) != v}
-    if differences:
-      raise ValueError(f'{init.checkpoint} holds a different model than config.model: ' + ', '.join(
-          f'{k}={stored!r} there, {ours!r} here' for k, (stored, ours) in differences.items()))
-    logging.info('Initialised the model from %s', init.checkpoint)
+    start = model_dir.read(init.checkpoint, word_table=False)
+    model_dir.check_same_architecture(start.model_config, lbdt_config, start.path)
+    variables = start.variables
+    logging.info('Initialised the model from %s', start.path)
   elif init.imagenet:
     variables = {'params': state.params['model'], 'batch_stats': state.batch_stats}
     variables = convert.load_imagenet_backbone(variables, convert.load_state_dict(init.imagenet), lbdt_config)
@@ -181,14 +177,12 @@ def _initial_weights(config, state: TrainState, optimizer, lbdt_config: LBDTConf
   else:
     return state
   params = {**state.params, 'model': variables['params']}
-  exported_table = os.path.join(init.checkpoint, 'word_table.npz') if init.checkpoint else ''
-  if exported_table and os.path.exists(exported_table):
-    exported = glove.WordTable.load(exported_table)
-    if exported.trainable and table.trainable:
-      params['word_vectors'] = _carry_over_word_vectors(exported, table, np.asarray(params['word_vectors']))
-    elif exported.trainable != table.trainable:
+  if init.checkpoint and start.table is not None:
+    if start.table.trainable and table.trainable:
+      params['word_vectors'] = _carry_over_word_vectors(start.table, table, np.asarray(params['word_vectors']))
+    elif start.table.trainable != table.trainable:
       logging.warning('%s was trained with %s word vectors, this run uses %s ones: the words start from vectors '
-                      'the model has not seen', init.checkpoint, 'learned' if exported.trainable else 'GloVe',
+                      'the model has not seen', start.path, 'learned' if start.table.trainable else 'GloVe',
                       'learned' if table.trainable else 'GloVe')
   return state.replace(params=params, batch_stats=variables['batch_stats'], opt_state=optimizer.init(params))
 
@@ -220,12 +214,7 @@ class Trainer:
 
 def prepare_data(config: ml_collections.ConfigDict) -> dict:
   """The config's data sets, prepared once: process 0 first (shared directories), then the others (their own)."""
-  if jax.process_count() == 1:
-    return prepare.prepare(config)
-  if jax.process_index() == 0:
-    prepare.prepare(config)
-  sharding.barrier('data prepared')
-  return prepare.prepare(config)
+  return sharding.process_zero_first(lambda: prepare.prepare(config), 'data prepared')
 
 
 def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
@@ -316,55 +305,80 @@ def _batch_spec(config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStru
           for key, (shape, dtype) in shapes.items()}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from workdir's latest checkpoint), evaluates periodically and at the end, exports the
-  parameters to workdir/export. Returns the final evaluation results."""
-  workdir = os.path.abspath(workdir)
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
+  """Trains (resuming from workdir's newest checkpoint), evaluates periodically and at the end, exports the
+  parameters to workdir/export. Returns the final evaluation results; on SIGTERM or SIGINT, saves a checkpoint
+  after the current step and returns {'stopped_at_step': step} instead."""
+  workdir = paths.path(workdir)
+  paths.check_writable(workdir)
+  lbdt_config = model_config(config)
+  checkpointing.check_resumable(workdir, lbdt_config)
   trainer = build_trainer(config)
   manager = checkpointing.manager(workdir, config)
-  state, restored_step = checkpointing.restore_latest(manager, trainer.state, trainer.state_shardings,
-                                                      trainer.train_iterator)
+  state, restored_step = checkpointing.restore_latest(
+      manager, trainer.state, trainer.state_shardings, trainer.train_iterator,
+      restore_previous_if_damaged=config.train.restore_previous_if_damaged)
   if restored_step is not None:
     logging.info('Resuming from step %d (%s)', restored_step, manager.directory)
     print(f'Resuming from the checkpoint of step {restored_step}', flush=True)
   start_step = int(sharding.to_host(state.step))
   final_step = max(trainer.total_steps, start_step)  # a checkpoint past num_steps is evaluated as it is
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  checkpointing.write_run_record(workdir, config, lbdt_config, trainer.table, final_step)
+  writer = metric_writers.create_default_writer(str(paths.path(config.train.tensorboard_dir or workdir)),
+                                                just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
   hooks = [periodic_actions.ReportProgress(num_train_steps=trainer.total_steps, writer=writer,
                                            every_steps=config.train.log_every_steps)]
   if config.train.profile and jax.process_index() == 0:
-    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5, first_profile=start_step + 10))
+    hooks.append(periodic_actions.Profile(logdir=str(workdir), num_profile_steps=5, first_profile=start_step + 10))
   progress = _ProgressBar(trainer.total_steps, start_step)
   pending, history = None, []
   results = {}
+
+  def evaluate_now(step, pictures=0):
+    return evaluate.run_evaluation(config, trainer.model, trainer.mesh, state.params, state.batch_stats,
+                                   trainer.prepared, trainer.table, step, workdir, writer, pictures=pictures)
+
   try:
-    for step in range(start_step + 1, trainer.total_steps + 1):
-      with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        batch = next(trainer.train_iterator)
-        batch = sharding.global_batch({key: batch[key] for key in MODEL_INPUTS}, trainer.mesh)
-        state, metrics = trainer.step_fn(state, batch)
-      if pending is not None:  # look at the previous step's result while this one runs
-        _check_finite(pending, config, step - 1)
-      pending = metrics.pop('nonfinite_in_row')  # the state's own copy is donated to the next step
-      history.append(metrics)
-      for hook in hooks:
-        hook(step)
-      if step % config.train.log_every_steps == 0 or step == trainer.total_steps:
-        summary = _summarise(history)
-        history = []
-        writer.write_scalars(step, summary)
-        progress.update(step, summary)
-      if step % config.train.checkpoint_every_steps == 0 or step == trainer.total_steps:
-        checkpointing.save(manager, step, state, trainer.train_iterator)
-      if config.train.eval_every_steps and step % config.train.eval_every_steps == 0 and step < trainer.total_steps:
-        results = evaluate.evaluate_trained(config, trainer, state, writer, step, workdir)
+    with preemption.PreemptionWatcher() as watcher:
+      for step in range(start_step + 1, trainer.total_steps + 1):
+        with jax.profiler.StepTraceAnnotation('train', step_num=step):
+          batch = next(trainer.train_iterator)
+          batch = sharding.global_batch({key: batch[key] for key in MODEL_INPUTS}, trainer.mesh)
+          state, metrics = trainer.step_fn(state, batch)
+        if pending is not None:  # look at the previous step's result while this one runs
+          _check_finite(pending, config, step - 1)
+        pending = metrics.pop('nonfinite_in_row')  # the state's own copy is donated to the next step
+        history.append(metrics)
+        for hook in hooks:
+          hook(step)
+        if step % config.train.log_every_steps == 0 or step == trainer.total_steps:
+          summary = _summarise(history)
+          history = []
+          writer.write_scalars(step, summary)
+          progress.update(step, summary)
+        if watcher.reached(step):
+          _check_finite(pending, config, step)
+          checkpointing.save(manager, step, state, trainer.train_iterator)
+          manager.wait_until_finished()
+          progress.close()
+          preemption.log_stop(watcher, step, manager.directory / str(step))
+          return {'stopped_at_step': step}
+        if step % config.train.checkpoint_every_steps == 0 or step == trainer.total_steps:
+          checkpointing.save(manager, step, state, trainer.train_iterator)
+        if config.train.eval_every_steps and step % config.train.eval_every_steps == 0 and step < trainer.total_steps:
+          results = evaluate_now(step)
     _check_finite(pending, config, final_step)
     progress.close()
-    results = evaluate.evaluate_trained(config, trainer, state, writer, final_step, workdir, final=True)
-    checkpointing.export(os.path.join(workdir, 'export'), config, model_config(config), state, trainer.table,
-                         final_step)
+    results = evaluate_now(final_step, pictures=config.eval.pictures)
+    export_dir = checkpointing.export(workdir / 'export', config, lbdt_config, state.params, state.batch_stats,
+                                      trainer.table, final_step)
+    manager.wait_until_finished()
+    checkpointing.write_training_status(workdir, final_step, finished=True)
+    if jax.process_index() == 0:
+      print(f'Training finished at step {final_step}. Checkpoints: {manager.directory}; model directory: '
+            f'{export_dir}; evaluation: {workdir / "eval" / f"step_{final_step}"}', flush=True)
   finally:
     manager.wait_until_finished()
     manager.close()
@@ -428,28 +442,3 @@ class _ProgressBar:
   def close(self) -> None:
     if self.enabled:
       print(flush=True)
-
-
-def export_model(config: ml_collections.ConfigDict, workdir: str, output_dir: str | None = None) -> str:
-  """`--mode=export`: the latest checkpoint of workdir, or the model directory of config.init.checkpoint (e.g. a
-  converted official checkpoint, given the word table of config.data), as a self-contained model directory."""
-  workdir = os.path.abspath(workdir)
-  output_dir = os.path.abspath(output_dir or os.path.join(workdir, 'export'))
-  checkpoints = os.path.join(workdir, 'checkpoints')
-  if config.data.train and os.path.isdir(checkpoints) and os.listdir(checkpoints):
-    trainer = build_trainer(config)
-    manager = checkpointing.manager(workdir, config)
-    state, step = checkpointing.restore_latest(manager, trainer.state, trainer.state_shardings)
-    manager.close()
-    if step is not None:
-      checkpointing.export(output_dir, config, model_config(config), state, trainer.table, step)
-      print(f'Exported the checkpoint of step {step} to {output_dir}')
-      return output_dir
-  if not config.init.checkpoint:
-    raise FileNotFoundError(f'Nothing to export: {workdir} has no checkpoint and --config.init.checkpoint is not set')
-  lbdt_config, variables = convert.load_converted(config.init.checkpoint)
-  table = prepare.word_table(prepare_data(config))
-  checkpointing.write_model_directory(output_dir, config, lbdt_config, variables, table)
-  print(f'Exported {config.init.checkpoint} with the word table of {", ".join(prepare.dataset_names(config))} '
-        f'to {output_dir}')
-  return output_dir

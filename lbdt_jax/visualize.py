@@ -1,10 +1,11 @@
 """Pictures for people: frames with the predicted mask overlaid and the sentence as caption; grids and GIFs."""
 
-import os
+import io
 
 import cv2
 import imageio.v3 as iio
 import numpy as np
+from etils import epath
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -65,13 +66,46 @@ def grid(images: list[np.ndarray], columns: int = 4) -> np.ndarray:
   return np.concatenate(rows, axis=0)
 
 
-def save_png(path: str, image: np.ndarray) -> str:
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+def attention_picture(image: np.ndarray, difference: np.ndarray, maps: dict[str, np.ndarray], tokens: list[str],
+                      grid_size: tuple[int, int]) -> np.ndarray:
+  """Paper Fig. 6 for one sample: rows of [word | its attention over the frame | over the frame difference].
+
+  `image` is uint8 RGB, `difference` the normalised frame difference, `maps` {'frame' | 'difference': [words,
+  h*w]} (`lbdt_jax.inference.attention_maps` of this sample) on a `grid_size` = (h, w) grid.
+  """
+  image = upscale(image, 160)
+  height, width = image.shape[:2]
+  shown = {'frame': image, 'difference': cv2.resize(difference_image(difference), (width, height))}
+  rows = []
+  for w, token in enumerate(tokens):
+    cells = []
+    for name, base in shown.items():
+      if name not in maps:
+        continue
+      heat = maps[name][w].reshape(grid_size)
+      heat = cv2.resize(heat / max(heat.max(), 1e-12), (width, height), interpolation=cv2.INTER_CUBIC)
+      colour = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+      cells.append(captioned((0.5 * base + 0.5 * colour).astype(np.uint8), f'"{token}" on the {name}'))
+    rows.append(np.concatenate(cells, axis=1))
+  return np.concatenate(rows, axis=0)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+  """An RGB (or single-channel) uint8 image as PNG bytes."""
+  if image.ndim == 3:
+    image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+  return cv2.imencode('.png', image)[1].tobytes()
+
+
+def save_png(path: epath.Path, image: np.ndarray) -> epath.Path:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(png_bytes(image))
   return path
 
 
-def save_gif(path: str, frames: list[np.ndarray], fps: float = 4.0) -> str:
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  iio.imwrite(path, np.stack(frames), duration=1000.0 / fps, loop=0)
+def save_gif(path: epath.Path, frames: list[np.ndarray], fps: float = 4.0) -> epath.Path:
+  buffer = io.BytesIO()
+  iio.imwrite(buffer, np.stack(frames), extension='.gif', duration=1000.0 / fps, loop=0)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(buffer.getvalue())
   return path

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REFERENCE, ROOT, random_inputs
-from lbdt_jax import convert
+from lbdt_jax import convert, model_dir
 from lbdt_jax.models import LBDT, LBDTConfig
 from lbdt_jax.tools.check_reference import regenerate_state_dict
 
@@ -76,7 +76,7 @@ def test_gradient_names_round_trip(official_state_dict):
 
 def torchvision_state_dict(config):
   """A torchvision-layout ResNet state dict built from the names and shapes our rules expect."""
-  target = convert.abstract_variables(config)
+  target = model_dir.abstract_variables(config)
   rng = np.random.default_rng(0)
   state_dict = {'fc.weight': np.zeros((1000, 2048), np.float32), 'fc.bias': np.zeros(1000, np.float32)}
   for rule in convert._resnet(convert._torchvision_names(), ('spatial_encoder',), config):
@@ -129,11 +129,12 @@ def test_convert_command_writes_an_orbax_checkpoint_that_reproduces_logits(tmp_p
                            f'--checkpoint={tmp_path / "lbdt1.npz"}', f'--workdir={tmp_path / "model"}'],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  config, variables = convert.load_converted(str(tmp_path / 'model'))
-  assert config.num_lbdt_layers == 1
+  converted = model_dir.read(str(tmp_path / 'model'), word_table=False)
+  config, variables = converted.model_config, converted.variables
+  assert config.num_lbdt_layers == 1 and converted.table is None and converted.manifest['input_size'] == [320, 320]
   expected_config, expected = convert.convert_official(state_dict)
   assert config == expected_config
   inputs = random_inputs(config, batch=1, height=64, width=64, words=5)
   np.testing.assert_array_equal(LBDT(config).apply(variables, *inputs), LBDT(config).apply(expected, *inputs))
   with pytest.raises(FileNotFoundError, match='model_config.json'):
-    convert.load_converted(str(tmp_path))
+    model_dir.read(str(tmp_path))

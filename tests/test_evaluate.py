@@ -13,11 +13,12 @@ import data_fakes as fakes
 from conftest import ROOT
 from configs import default, tiny
 from data_pipeline import glove
-from lbdt_jax import convert, evaluate, train
+from lbdt_jax import evaluate, model_dir, train
+from lbdt_jax.models import LBDT
 
 
 @pytest.fixture(scope='module')
-def model_dir(tmp_path_factory):
+def model_directory(tmp_path_factory):
   """A freshly initialised tiny model written as a model directory (what an export or a conversion gives)."""
   directory = tmp_path_factory.mktemp('model')
   config = tiny.get_config()
@@ -25,25 +26,25 @@ def model_dir(tmp_path_factory):
   shapes = train._input_shapes(config)
   inputs = [np.zeros(shape, dtype) for shape, dtype in shapes.values()]
   words = np.zeros((*inputs[2].shape, model_config.word_dim), np.float32)
-  variables = jax.jit(train.LBDT(model_config).init)(jax.random.key(0), inputs[0], inputs[1], words, inputs[3])
-  convert.save_converted(str(directory), model_config, variables)
-  glove.learned(['a', 'dog', 'car'], dim=model_config.word_dim).save(directory / 'word_table.npz')
+  variables = jax.jit(LBDT(model_config).init)(jax.random.key(0), inputs[0], inputs[1], words, inputs[3])
+  model_dir.write(directory, model_config, variables, table=glove.learned(['a', 'dog', 'car'],
+                                                                          dim=model_config.word_dim))
   return str(directory)
 
 
-def evaluation_config(tmp_path, model_dir, dataset, split, write_release):
+def evaluation_config(tmp_path, model_directory, dataset, split, write_release):
   write_release(tmp_path / 'release')
   config = tiny.get_config()
   config.data.train = ''
   config.data.evaluate = (f'{dataset}:{split}',)
   config.data.data_dir = str(tmp_path / 'tfds')
   config.data.manual_dirs[dataset] = str(tmp_path / 'release')
-  config.init.checkpoint = model_dir
+  config.init.checkpoint = model_directory
   return config
 
 
-def test_davis_j_and_f_per_expression_set(tmp_path, model_dir):
-  config = evaluation_config(tmp_path, model_dir, 'ref_davis17', 'validation', fakes.write_davis)
+def test_davis_j_and_f_per_expression_set(tmp_path, model_directory):
+  config = evaluation_config(tmp_path, model_directory, 'ref_davis17', 'validation', fakes.write_davis)
   result = evaluate.evaluate(config, str(tmp_path / 'work'))['ref_davis17:validation']
   assert result['num_samples'] == 12
   assert set(result['per_set']) == {'annotator1_first_frame', 'annotator2_full_video'}
@@ -52,8 +53,8 @@ def test_davis_j_and_f_per_expression_set(tmp_path, model_dir):
   assert result['J&F'] == pytest.approx((result['J'] + result['F']) / 2)
 
 
-def test_youtube_vos_validation_becomes_a_submission_zip(tmp_path, model_dir):
-  config = evaluation_config(tmp_path, model_dir, 'ref_youtube_vos', 'validation', fakes.write_youtube_vos)
+def test_youtube_vos_validation_becomes_a_submission_zip(tmp_path, model_directory):
+  config = evaluation_config(tmp_path, model_directory, 'ref_youtube_vos', 'validation', fakes.write_youtube_vos)
   result = evaluate.evaluate(config, str(tmp_path / 'work'))['ref_youtube_vos:validation']
   with zipfile.ZipFile(result['submission']) as archive:
     names = sorted(archive.namelist())
@@ -62,8 +63,8 @@ def test_youtube_vos_validation_becomes_a_submission_zip(tmp_path, model_dir):
   assert mask.shape == (fakes.HEIGHT, fakes.WIDTH) and set(np.unique(mask)) <= {0, 255}
 
 
-def test_reference_protocol_needs_the_reference_ground_truth(tmp_path, model_dir):
-  config = evaluation_config(tmp_path, model_dir, 'ref_youtube_vos', 'train', fakes.write_youtube_vos)
+def test_reference_protocol_needs_the_reference_ground_truth(tmp_path, model_directory):
+  config = evaluation_config(tmp_path, model_directory, 'ref_youtube_vos', 'train', fakes.write_youtube_vos)
   config.eval.protocol = 'reference'
   with pytest.raises(ValueError, match="mask_resize='bilinear_threshold'"):
     evaluate.evaluate(config, str(tmp_path / 'work'))

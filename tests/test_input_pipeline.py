@@ -174,6 +174,6 @@ def test_prepare_writes_glove_tables_and_merges(tmp_path, synthetic):
   table = prepare.word_table(prepare.prepare(config))  # a learned table is replaced when GloVe is given
   assert not table.trainable and len(table.words) == len(vocabulary) - 3 + 2
   with pytest.raises(ValueError, match='differ in kind'):
-    prepare.merge([table, glove.learned(['dog'], dim=config.model.word_dim)])
+    glove.merge([table, glove.learned(['dog'], dim=config.model.word_dim)])
   with pytest.raises(ValueError, match='"<name>:<split>"'):
     prepare.parse_dataset_split('a2d_sentences')

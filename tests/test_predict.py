@@ -11,23 +11,23 @@ import pytest
 
 from configs import tiny
 from data_pipeline import glove
-from lbdt_jax import checkpointing, predict, train
+from lbdt_jax import model_dir, predict, train
+from lbdt_jax.models import LBDT
 
 FRAMES, HEIGHT, WIDTH = 9, 45, 61  # odd sizes on purpose
 
 
 @pytest.fixture(scope='module')
-def model_dir(tmp_path_factory):
+def model_directory(tmp_path_factory):
   directory = tmp_path_factory.mktemp('model')
   config = tiny.get_config()
   model_config = train.model_config(config)
   inputs = [np.zeros(shape, dtype) for shape, dtype in train._input_shapes(config).values()]
   words = np.zeros((*inputs[2].shape, model_config.word_dim), np.float32)
-  variables = jax.jit(train.LBDT(model_config).init)(jax.random.key(0), inputs[0], inputs[1], words, inputs[3])
+  variables = jax.jit(LBDT(model_config).init)(jax.random.key(0), inputs[0], inputs[1], words, inputs[3])
   table = glove.learned(glove.vocabulary(['the red square moving left', 'a ball']), dim=model_config.word_dim)
-  checkpointing.write_model_directory(str(directory), config, model_config,
-                                      {'params': variables['params'], 'batch_stats': variables['batch_stats']},
-                                      table, step=0)
+  model_dir.write(directory, model_config, variables, table=table, config=config,
+                  manifest=model_dir.manifest_for(config, model_config, table, 0))
   return str(directory)
 
 
@@ -50,9 +50,9 @@ def mp4(tmp_path_factory):
   return path
 
 
-def test_predict_writes_masks_overlays_json_and_attention(model_dir, mp4, tmp_path):
+def test_predict_writes_masks_overlays_json_and_attention(model_directory, mp4, tmp_path):
   sentences = ['the red square moving left', 'a ball']
-  summary = predict.predict(model_dir, mp4, sentences, str(tmp_path / 'out'), batch_size=4, attention=True,
+  summary = predict.predict(model_directory, mp4, sentences, str(tmp_path / 'out'), batch_size=4, attention=True,
                             attention_stage=5, attention_frames=(0, 7))
   assert summary['frames'] == FRAMES
   saved = json.loads((tmp_path / 'out' / 'predictions.json').read_text())
@@ -76,47 +76,47 @@ def test_predict_writes_masks_overlays_json_and_attention(model_dir, mp4, tmp_pa
   assert grid.shape[0] > grid.shape[1]  # one row per word: "the red square moving left" has 5
 
 
-def test_a_folder_of_frames_works_too(model_dir, tmp_path):
+def test_a_folder_of_frames_works_too(model_directory, tmp_path):
   (tmp_path / 'frames').mkdir()
   for n, frame in enumerate(video_frames()):  # frame_10 sorts after frame_9: natural order
     cv2.imwrite(str(tmp_path / 'frames' / f'frame_{n}.png'), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-  summary = predict.predict(model_dir, str(tmp_path / 'frames'), ['a ball'], str(tmp_path / 'out'), batch_size=8)
+  summary = predict.predict(model_directory, str(tmp_path / 'frames'), ['a ball'], str(tmp_path / 'out'), batch_size=8)
   assert [r['frame'] for r in summary['sentences'][0]['frames']] == list(range(FRAMES))
   mask = cv2.imread(f'{summary["sentences"][0]["masks"]}/00000.png', cv2.IMREAD_UNCHANGED)
   assert mask.shape == (HEIGHT, WIDTH)  # odd sizes come back as they were
 
 
-def test_bad_input_is_named(model_dir, mp4, tmp_path, caplog):
+def test_bad_input_is_named(model_directory, mp4, tmp_path, caplog):
   with pytest.raises(FileNotFoundError, match='missing.mp4 does not exist'):
-    predict.predict(model_dir, str(tmp_path / 'missing.mp4'), ['a ball'], str(tmp_path / 'out'))
+    predict.predict(model_directory, str(tmp_path / 'missing.mp4'), ['a ball'], str(tmp_path / 'out'))
   (tmp_path / 'broken.mp4').write_bytes(b'not a video at all')
   with pytest.raises(ValueError, match='broken.mp4'):
-    predict.predict(model_dir, str(tmp_path / 'broken.mp4'), ['a ball'], str(tmp_path / 'out'))
+    predict.predict(model_directory, str(tmp_path / 'broken.mp4'), ['a ball'], str(tmp_path / 'out'))
   (tmp_path / 'empty').mkdir()
   with pytest.raises(ValueError, match='holds no image files'):
-    predict.predict(model_dir, str(tmp_path / 'empty'), ['a ball'], str(tmp_path / 'out'))
+    predict.predict(model_directory, str(tmp_path / 'empty'), ['a ball'], str(tmp_path / 'out'))
   with pytest.raises(FileNotFoundError, match='nowhere does not exist'):
     predict.predict(str(tmp_path / 'nowhere'), mp4, ['a ball'], str(tmp_path / 'out'))
   with pytest.raises(ValueError, match='A sentence is empty'):
-    predict.predict(model_dir, mp4, ['   '], str(tmp_path / 'out'))
+    predict.predict(model_directory, mp4, ['   '], str(tmp_path / 'out'))
   with caplog.at_level(logging.WARNING):
-    predict.predict(model_dir, mp4, ['zebra giraffe'], str(tmp_path / 'out'), batch_size=16)
+    predict.predict(model_directory, mp4, ['zebra giraffe'], str(tmp_path / 'out'), batch_size=16)
   assert 'None of the words' in caplog.text and 'zebra, giraffe' in caplog.text
 
 
-def test_model_directory_round_trip_gives_identical_logits(model_dir):
-  loaded = predict.load_model(model_dir)
+def test_model_directory_round_trip_gives_identical_logits(model_directory):
+  loaded = predict.load_model(model_directory)
   assert loaded.manifest['variant'] == 'LBDT-1' and loaded.input_size == (64, 64) and loaded.manifest['delta'] == 6
   config = tiny.get_config()
   model_config = train.model_config(config)
   inputs = [np.zeros(shape, dtype) for shape, dtype in train._input_shapes(config).values()]
   words = np.zeros((*inputs[2].shape, model_config.word_dim), np.float32)
-  model = train.LBDT(model_config)
+  model = LBDT(model_config)
   original = jax.jit(model.init)(jax.random.key(0), inputs[0], inputs[1], words, inputs[3])
   rng = np.random.default_rng(0)
   frame = rng.standard_normal((2, 64, 64, 3)).astype(np.float32)
   ids = rng.integers(0, len(loaded.table.words), (2, 6)).astype(np.int32)
   batch = (frame, np.abs(frame), loaded.table.vectors[ids], np.ones((2, 6), np.int32))
   expected = model.apply({'params': original['params'], 'batch_stats': original['batch_stats']}, *batch)
-  actual = train.LBDT(loaded.model_config).apply(loaded.variables, *batch)
+  actual = LBDT(loaded.model_config).apply(loaded.variables, *batch)
   np.testing.assert_array_equal(np.asarray(actual), np.asarray(expected))
