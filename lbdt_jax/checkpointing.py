@@ -71,22 +71,29 @@ def abstract_like(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def _restore_newest(checkpoints: ocp.CheckpointManager, restore_step, restore_previous_if_damaged: bool):
+def _restore_newest(checkpoints: ocp.CheckpointManager, restore_step, restore_previous_if_damaged: bool,
+                    set_aside_damaged: bool):
   """(result, step) of the newest step `restore_step(step)` restores; (None, None) when there is no checkpoint.
   A damaged newest checkpoint is an error naming it, or with `restore_previous_if_damaged` a warning and the
-  step before."""
+  step before (with `set_aside_damaged`, the damaged step directory is renamed `<step>.damaged`)."""
   for step in sorted(checkpoints.all_steps(), reverse=True):
     try:
       return restore_step(step), step
     except Exception as error:  # orbax and tensorstore raise several types for missing or truncated files
       where = f'the checkpoint of step {step} in {checkpoints.directory}'
+      reason = f'{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ""}'
       if not restore_previous_if_damaged:
         raise DamagedCheckpointError(
-            f'Cannot restore {where}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}. '
-            'Delete that step directory, or set --config.train.restore_previous_if_damaged=True to start from '
-            'the checkpoint before it') from error
-      logging.warning('Cannot restore %s (%s: %s); trying the one before', where, type(error).__name__, error)
-      print(f'Warning: {where} is damaged; trying the one before', flush=True)
+            f'Cannot restore {where} ({reason}). Delete that step directory, or set '
+            '--config.train.restore_previous_if_damaged=True to start from the checkpoint before it') from error
+      message = f'Cannot restore {where} ({reason}); using the one before'
+      if set_aside_damaged:  # so that training can save that step again
+        damaged = checkpoints.directory / str(step)
+        damaged.rename(damaged.parent / f'{step}.damaged')
+        checkpoints.reload()
+        message += f'; the damaged one is kept as {damaged.parent / f"{step}.damaged"}'
+      logging.warning(message)
+      print(f'Warning: {message}', flush=True)
   return None, None
 
 
@@ -100,7 +107,7 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings, iterato
       args['data'] = ocp.args.JsonRestore()
     return checkpoints.restore(step, args=ocp.args.Composite(**args))
 
-  restored, step = _restore_newest(checkpoints, restore_step, restore_previous_if_damaged)
+  restored, step = _restore_newest(checkpoints, restore_step, restore_previous_if_damaged, set_aside_damaged=True)
   if restored is None:
     return state, None
   if iterator is not None:
@@ -125,7 +132,7 @@ def restore_parameters(workdir: epath.Path, abstract_parameters: dict, step: int
         raise FileNotFoundError(f'{checkpoints.directory} has no checkpoint of step {step} (it has '
                                 f'{checkpoints.all_steps()})')
       return restore_step(step), step
-    return _restore_newest(checkpoints, restore_step, restore_previous_if_damaged)
+    return _restore_newest(checkpoints, restore_step, restore_previous_if_damaged, set_aside_damaged=False)
   finally:
     checkpoints.close()
 

@@ -25,6 +25,7 @@ class PreemptionWatcher:
     self.signal_name: str | None = None
     self.received_at: float | None = None
     self._flag = threading.Event()
+    self._last_step = None
     self._previous = {}
     self._multi_process = jax.process_count() > 1
 
@@ -46,7 +47,8 @@ class PreemptionWatcher:
       raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
     self.signal_name = signal.Signals(number).name
     self.received_at = time.time()
-    print(f'\n{self.signal_name} received: saving a checkpoint after the current step', flush=True)
+    after = '' if self._last_step is None else f' (after step {self._last_step})'
+    print(f'\n{self.signal_name} received{after}: saving a checkpoint after the current step', flush=True)
     if self._multi_process:  # JAX's preemption service listens for SIGTERM only
       os.kill(os.getpid(), signal.SIGTERM)
     else:
@@ -55,6 +57,7 @@ class PreemptionWatcher:
   def reached(self, step: int) -> bool:
     """Whether to save and stop after `step` (with several processes: the same answer on every process; every
     process must call this after every step)."""
+    self._last_step = step
     if self._multi_process:
       reached = multihost_utils.reached_preemption_sync_point(step)
       if reached and self.signal_name is None:

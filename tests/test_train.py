@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +17,7 @@ import pytest
 
 from conftest import ROOT
 from configs import tiny
-from lbdt_jax import checkpointing, export, model_dir, sharding, train
+from lbdt_jax import checkpointing, evaluate, export, model_dir, sharding, train
 from lbdt_jax.models import LBDT
 
 
@@ -83,29 +85,49 @@ def _final_state(workdir, step):
     return checkpointer.restore(os.path.join(workdir, 'checkpoints', str(step), 'state'))
 
 
+def _wait_for(path, process, timeout=300):
+  deadline = time.time() + timeout
+  while not path.exists() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  assert path.exists(), f'{path} did not appear (exit status {process.poll()})'
+
+
 @pytest.mark.heavy
-def test_kill_9_then_resume_is_bit_identical(data_dir, tmp_path):
-  steps = 60
+def test_sigterm_and_kill_9_then_resume_is_bit_identical(data_dir, tmp_path):
+  """SIGTERM: the step finishes, a checkpoint is saved, exit 0, no step lost; kill -9: the next run resumes from
+  the last checkpoint. Either way the final state equals an uninterrupted run's, bit for bit."""
+  steps = 80
   straight = subprocess.run(_command(data_dir, tmp_path / 'straight', steps), cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
   assert straight.returncode == 0, straight.stderr[-3000:]
+  checkpoints = tmp_path / 'interrupted' / 'checkpoints'
 
-  killed = subprocess.Popen(_command(data_dir, tmp_path / 'killed', steps), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  first_checkpoint = tmp_path / 'killed' / 'checkpoints' / '20'
-  deadline = time.time() + 300
-  while not first_checkpoint.is_dir() and killed.poll() is None and time.time() < deadline:
-    time.sleep(0.02)
+  preempted = subprocess.Popen(_command(data_dir, tmp_path / 'interrupted', steps), cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  _wait_for(checkpoints / '20', preempted)
+  sent = time.time()
+  preempted.send_signal(signal.SIGTERM)
+  stdout, stderr = preempted.communicate(timeout=300)
+  print(f'SIGTERM to exit: {time.time() - sent:.1f} s')
+  assert preempted.returncode == 0, stderr[-3000:]
+  stopped = int(re.search(r'Stopped at step (\d+) on SIGTERM', stdout).group(1))
+  assert 20 <= stopped < 60 and (checkpoints / str(stopped)).is_dir()
+
+  next_checkpoint = (stopped // 20 + 1) * 20
+  killed = subprocess.Popen(_command(data_dir, tmp_path / 'interrupted', steps), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  _wait_for(checkpoints / str(next_checkpoint), killed)
   killed.send_signal(signal.SIGKILL)
-  killed.wait()
+  killed_out, _ = killed.communicate()
   assert killed.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
-  assert not (tmp_path / 'killed' / 'checkpoints' / str(steps)).exists()
+  assert f'Resuming from the checkpoint of step {stopped}' in killed_out  # no step lost to the SIGTERM
+  assert not (checkpoints / str(steps)).exists()
 
-  resumed = subprocess.run(_command(data_dir, tmp_path / 'killed', steps), cwd=ROOT,
+  resumed = subprocess.run(_command(data_dir, tmp_path / 'interrupted', steps), cwd=ROOT,
                            capture_output=True, text=True, timeout=600)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert 'Resuming from the checkpoint of step' in resumed.stdout
-  expected, actual = _final_state(tmp_path / 'straight', steps), _final_state(tmp_path / 'killed', steps)
+  assert f'Resuming from the checkpoint of step {next_checkpoint}' in resumed.stdout
+  expected, actual = _final_state(tmp_path / 'straight', steps), _final_state(tmp_path / 'interrupted', steps)
   jax.tree.map(np.testing.assert_array_equal, actual, expected)
 
 
@@ -292,3 +314,47 @@ def test_a_model_directory_of_another_architecture_is_refused(finished_run, data
   config.init.checkpoint = str(workdir / 'export')
   with pytest.raises(ValueError, match='num_heads=4 there, 2 here'):
     train.build_trainer(config)
+
+
+def test_a_damaged_newest_checkpoint_is_named_and_the_one_before_can_be_used(finished_run, data_dir, tmp_path,
+                                                                           capsys):
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished_run[0], workdir)
+  newest = max(int(p) for p in os.listdir(workdir / 'checkpoints') if p.isdigit())
+  (workdir / 'checkpoints' / str(newest) / 'state' / '_METADATA').unlink()
+  # What a process killed while saving leaves behind: never listed, never restored, removed by the next run.
+  unfinished = workdir / 'checkpoints' / f'{newest + 2}.orbax-checkpoint-tmp-1796000000'
+  shutil.copytree(workdir / 'checkpoints' / str(newest - 2), unfinished)
+  config = tiny_config(data_dir, num_steps=newest)
+  with pytest.raises(checkpointing.DamagedCheckpointError,
+                     match=rf'step {newest} in .*checkpoints.*restore_previous_if_damaged'):
+    train.train_and_evaluate(config, str(workdir))
+  config.model.num_heads = 2
+  with pytest.raises(ValueError, match='num_heads=4 there, 2 here'):  # resuming another model is refused
+    train.train_and_evaluate(config, str(workdir))
+  config.model.num_heads = 4
+  config.train.restore_previous_if_damaged = True
+  train.train_and_evaluate(config, str(workdir))
+  output = capsys.readouterr().out
+  assert f'Resuming from the checkpoint of step {newest - 2}' in output
+  assert (workdir / 'checkpoints' / f'{newest}.damaged').is_dir() and not unfinished.exists()
+  assert (workdir / 'checkpoints' / str(newest) / 'state' / '_METADATA').is_file()  # trained again and saved
+
+
+def test_evaluation_reads_parameters_only(finished_run, data_dir, monkeypatch, capsys):
+  """No trainer, no optimizer, no training data: the training set here is one that was never prepared."""
+  workdir, results = finished_run
+  def refuse(*args, **kwargs):
+    raise AssertionError('evaluation must not build the trainer or an optimizer')
+  monkeypatch.setattr(train, 'build_trainer', refuse)
+  monkeypatch.setattr(train, 'make_optimizer', refuse)
+  config = tiny_config(data_dir)
+  config.data.train = 'ref_youtube_vos:train'  # no release directory: preparing it would fail
+  step = max(int(p) for p in os.listdir(workdir / 'checkpoints') if p.isdigit())
+  evaluated = evaluate.evaluate(config, str(workdir))['synthetic_rvos:validation']
+  assert f'Evaluating the checkpoint of step {step}' in capsys.readouterr().out
+  saved = json.loads((workdir / 'eval' / f'step_{step}' / 'results.json').read_text())
+  assert saved['synthetic_rvos:validation']['mean_IoU'] == pytest.approx(evaluated['mean_IoU'])
+  config.model.num_heads = 2
+  with pytest.raises(ValueError, match=f'The run in {workdir}.*num_heads=4 there, 2 here'):
+    evaluate.evaluate(config, str(workdir))
