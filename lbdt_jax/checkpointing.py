@@ -7,17 +7,22 @@
                                              building the trainer
   workdir/training.json                      {"total_steps", "finished"}: what an evaluator that follows the run
                                              waits for
+  workdir/events.out.tfevents.*, eval/       TensorBoard events of training and of a following evaluator
+                                             (elsewhere with config.train.tensorboard_dir)
 
 Saves are asynchronous and atomic: an unfinished save (the process killed mid-way) is never listed, and is
 removed by the next run. Restoring takes the target shardings from the caller, so a checkpoint restores onto any
 number of devices or processes.
 """
 
+import os
+
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from clu import metric_writers
 from etils import epath
 
 from data_pipeline import glove
@@ -46,6 +51,15 @@ def manager(workdir: epath.Path, config: ml_collections.ConfigDict | None = None
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=True, cleanup_tmp_directories=True, create=True)
   return ocp.CheckpointManager(workdir / CHECKPOINTS, options=options, item_names=('state', 'data'))
+
+
+def metric_writer(config: ml_collections.ConfigDict, workdir: epath.Path, subdirectory: str = ''):
+  """clu's writer: log lines everywhere, TensorBoard events (through TensorFlow's file system, local or gs://)
+  from process 0 into config.train.tensorboard_dir or the work directory."""
+  directory = paths.path(config.train.tensorboard_dir) if config.train.tensorboard_dir else workdir
+  if subdirectory:
+    directory = directory / subdirectory
+  return metric_writers.create_default_writer(os.fspath(directory), just_logging=jax.process_index() > 0)
 
 
 def finished_steps(workdir: epath.Path) -> list[int]:

@@ -27,7 +27,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 from etils import epath
 from pycocotools import mask as mask_utils
 
@@ -337,7 +336,7 @@ def follow(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
     raise ValueError('config.eval.follow evaluates the checkpoints of a training run: the config must name its '
                      'training data (config.data.train)')
   prepared = evaluation_data(config)
-  writer = metric_writers.create_default_writer(str(workdir / 'eval'), just_logging=jax.process_index() > 0)
+  writer = checkpointing.metric_writer(config, workdir, 'eval')
   done = set(_evaluated_steps(workdir))
   results, waiting_since = {}, time.time()
   print(f'Following {workdir / checkpointing.CHECKPOINTS}: evaluating each new checkpoint until training has '

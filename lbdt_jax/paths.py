@@ -37,14 +37,19 @@ def path(value: str | os.PathLike) -> epath.Path:
 
 
 def check_writable(directory: epath.Path) -> None:
-  """Creates `directory` (and parents); an unreachable or missing bucket is a `BucketError` naming it."""
-  try:
-    directory.mkdir(parents=True, exist_ok=True)
-  except Exception as error:  # each storage client raises its own types
-    if is_remote(directory):
-      raise BucketError(f'Cannot write to {directory}: {type(error).__name__}: {_first_line(error)}. Check the '
-                        'bucket name, credentials and network') from error
-    raise
+  """Creates `directory` (and parents); a missing or unreachable bucket is a `BucketError` naming it."""
+  if is_remote(directory):
+    scheme, rest = os.fspath(directory).split('://', 1)
+    bucket = epath.Path(f'{scheme}://{rest.split("/", 1)[0]}')
+    try:
+      exists = bucket.exists()
+    except Exception as error:  # each storage client raises its own types
+      raise BucketError(f'Cannot reach {bucket} (for {directory}): {type(error).__name__}: {_first_line(error)}. '
+                        'Check the bucket name, credentials and network') from error
+    if not exists:
+      raise BucketError(f'Bucket {bucket} (for {directory}) does not exist or is not visible with these '
+                        'credentials')
+  directory.mkdir(parents=True, exist_ok=True)
 
 
 def _first_line(error: Exception) -> str:

@@ -147,6 +147,7 @@ def predict(model_directory, video, sentences: list[str], output_dir, *, batch_s
     raise ValueError(f'delta and batch_size must be positive, got {delta} and {batch_size}')
   output_dir = paths.path(output_dir)
   with FrameReader(video) as frames:
+    paths.check_writable(output_dir)
     return _predict(loaded, frames, sentences, word_ids, word_mask, tokens, output_dir, batch_size, delta,
                     attention, attention_stage, attention_layer, attention_frames)
 

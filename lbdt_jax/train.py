@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import periodic_actions
 from jax.sharding import PartitionSpec as P
 
 from data_pipeline import glove, input_pipeline, prepare
@@ -324,8 +324,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   start_step = int(sharding.to_host(state.step))
   final_step = max(trainer.total_steps, start_step)  # a checkpoint past num_steps is evaluated as it is
   checkpointing.write_run_record(workdir, config, lbdt_config, trainer.table, final_step)
-  writer = metric_writers.create_default_writer(str(paths.path(config.train.tensorboard_dir or workdir)),
-                                                just_logging=jax.process_index() > 0)
+  writer = checkpointing.metric_writer(config, workdir)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
   hooks = [periodic_actions.ReportProgress(num_train_steps=trainer.total_steps, writer=writer,

@@ -47,3 +47,15 @@ def init_model(config, inputs, seed=0):
   from lbdt_jax.models import LBDT
   model = LBDT(config)
   return model, model.init(jax.random.key(seed), *inputs)
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """The tiny synthetic set, prepared once for every test of this process (and for the subprocesses they start)."""
+  from configs import tiny  # pylint: disable=import-outside-toplevel
+  from data_pipeline import prepare  # pylint: disable=import-outside-toplevel
+  path = tmp_path_factory.mktemp('tfds')
+  config = tiny.get_config()
+  config.data.data_dir = str(path)
+  prepare.prepare(config)
+  return str(path)

@@ -21,17 +21,6 @@ from lbdt_jax import checkpointing, evaluate, export, model_dir, sharding, train
 from lbdt_jax.models import LBDT
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  """The tiny synthetic set, prepared once for every test here (and for the worker processes)."""
-  from data_pipeline import prepare  # pylint: disable=import-outside-toplevel
-  path = tmp_path_factory.mktemp('tfds')
-  config = tiny.get_config()
-  config.data.data_dir = str(path)
-  prepare.prepare(config)
-  return str(path)
-
-
 def tiny_config(data_dir, **train_overrides):
   config = tiny.get_config()
   config.data.data_dir = data_dir
@@ -358,3 +347,49 @@ def test_evaluation_reads_parameters_only(finished_run, data_dir, monkeypatch, c
   config.model.num_heads = 2
   with pytest.raises(ValueError, match=f'The run in {workdir}.*num_heads=4 there, 2 here'):
     evaluate.evaluate(config, str(workdir))
+
+
+@pytest.mark.heavy
+def test_an_evaluator_follows_training_until_it_finishes(data_dir, tmp_path, capsys):
+  workdir = tmp_path / 'run'
+  training = subprocess.Popen(_command(data_dir, workdir, 6)[:-2] + ['--config.train.checkpoint_every_steps=2'],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  try:
+    config = tiny_config(data_dir)
+    config.eval.update(follow=True, follow_poll_seconds=1, follow_timeout_minutes=10)
+    evaluate.evaluate(config, str(workdir))
+  finally:
+    _, stderr = training.communicate(timeout=600)
+  assert training.returncode == 0, stderr[-3000:]
+  output = capsys.readouterr().out
+  assert 'Training has finished at step 6' in output
+  for step in (2, 4, 6):
+    assert (workdir / 'eval' / f'step_{step}' / 'results.json').is_file()
+  assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir / 'eval'))
+  assert json.loads((workdir / 'training.json').read_text()) == {'total_steps': 6, 'finished': True}
+
+
+@pytest.mark.heavy
+def test_two_processes_stop_together_when_one_is_preempted(data_dir, tmp_path):
+  """SIGTERM reaches process 1 only; JAX's preemption sync point stops both after the same step, both save it."""
+  workdir, coordinator = tmp_path / 'run', f'localhost:{_free_port()}'
+  command = _command(data_dir, workdir, 400)
+  env = {**os.environ, 'XLA_FLAGS': ''}
+  processes = [subprocess.Popen(command + [f'--coordinator={coordinator}', '--num_processes=2', f'--process_id={i}'],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(2)]
+  try:
+    _wait_for(workdir / 'training.json', processes[0], timeout=600)  # written just before the first step
+    time.sleep(5)
+    processes[1].send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=600) for p in processes]
+  finally:
+    for p in processes:
+      p.kill()
+  assert [p.returncode for p in processes] == [0, 0], '\n\n'.join(err[-3000:] for _, err in outputs)
+  stops = [int(re.search(r'Stopped at step (\d+)', out).group(1)) for out, _ in outputs]
+  assert stops[0] == stops[1] < 400 and (workdir / 'checkpoints' / str(stops[0])).is_dir()
+  resumed = subprocess.run(_command(data_dir, workdir, stops[0] + 2), cwd=ROOT, capture_output=True, text=True,
+                           timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'Resuming from the checkpoint of step {stops[0]}' in resumed.stdout
