@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REFERENCE, init_model, random_inputs, tiny_model_config
-from lbdt_jax.convert import abstract_variables
+from lbdt_jax.model_dir import abstract_variables
 from lbdt_jax.models import LBDT, LBDTConfig
 
 

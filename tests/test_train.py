@@ -228,7 +228,7 @@ def test_two_processes_match_one_and_their_checkpoint_restores_in_one(data_dir, 
 
   config = tiny_config(data_dir)
   trainer = train.build_trainer(config)
-  manager = checkpointing.manager(str(tmp_path / 'run'), config)
+  manager = checkpointing.manager(tmp_path / 'run', config)
   state, step = checkpointing.restore_latest(manager, trainer.state, trainer.state_shardings,
                                              trainer.train_iterator)
   manager.close()

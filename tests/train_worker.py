@@ -43,7 +43,7 @@ if args.coordinator:
 
 from configs import tiny  # noqa: E402
 from data_pipeline import input_pipeline, prepare  # noqa: E402
-from lbdt_jax import checkpointing, sharding, train  # noqa: E402
+from lbdt_jax import checkpointing, paths, sharding, train  # noqa: E402
 
 config = tiny.get_config()
 config.data.data_dir = args.data_dir
@@ -82,7 +82,7 @@ for step in range(args.steps):
   if args.params_out and step == 0:
     snapshots.append(flatten(state.params))
 if args.workdir:
-  manager = checkpointing.manager(args.workdir, config)
+  manager = checkpointing.manager(paths.path(args.workdir), config)
   checkpointing.save(manager, args.steps, state, trainer.train_iterator)
   manager.wait_until_finished()
   manager.close()
