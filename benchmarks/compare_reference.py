@@ -27,7 +27,8 @@ import numpy as np
 
 from benchmarks import harness, throughput
 from data_pipeline import glove
-from lbdt_jax import convert, host_memory, sharding, train
+from benchmarks import host_memory
+from lbdt_jax import convert, sharding, train
 from lbdt_jax.models import LBDT
 from lbdt_jax.tools import check_reference
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lbdt_jax import host_memory
+from benchmarks import host_memory
 
 try:
   import resource  # Unix only: page faults and kernel time per call

@@ -21,7 +21,8 @@ import numpy as np
 from benchmarks import flops, harness
 from configs import default
 from data_pipeline import glove
-from lbdt_jax import host_memory, sharding, train
+from benchmarks import host_memory
+from lbdt_jax import sharding, train
 from lbdt_jax.models import LBDT
 
 VOCABULARY = 1000  # word table rows for the training step (frozen vectors, as with GloVe)

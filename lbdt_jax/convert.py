@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from lbdt_jax import model_dir, paths
 from lbdt_jax.models import LBDT, LBDTConfig
@@ -179,24 +180,6 @@ def infer_lbdt_stages(state_dict: Mapping[str, np.ndarray]) -> tuple[int, ...]:
   return tuple(sorted({int(m.group(1)) for k in state_dict if (m := re.match(r'transformer\.stage(\d)\.', k))}))
 
 
-def _get(tree, path: Path):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def _set(tree: dict, path: Path, value) -> None:
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
-
-
-def _flat_paths(tree, prefix: Path = ()) -> set[Path]:
-  if isinstance(tree, Mapping):
-    return set().union(*(_flat_paths(v, (*prefix, k)) for k, v in tree.items())) if tree else set()
-  return {prefix}
-
-
 def apply_rules(state_dict: Mapping[str, np.ndarray], rules: list[Rule], target, ignored: re.Pattern,
                 what: str) -> dict:
   """Maps `state_dict` onto the abstract variables `target` strictly; returns a nested dict of numpy arrays."""
@@ -207,20 +190,21 @@ def apply_rules(state_dict: Mapping[str, np.ndarray], rules: list[Rule], target,
     raise ValueError(
         f'{what} does not match the model: {len(missing)} missing key(s) {missing[:20]}, '
         f'{len(unexpected)} unexpected key(s) {unexpected[:20]}')
+  targets = traverse_util.flatten_dict(target)
   variables, mismatched = {}, []
   for rule in rules:
     values = rule.to_ours([np.asarray(state_dict[name]) for name in rule.torch_names])
     for path, value in zip(rule.paths, values, strict=True):
-      expected = _get(target, path).shape
+      expected = targets[path].shape
       if value.shape != expected:
         mismatched.append(f'{"/".join(path)} <- {rule.torch_names}: {value.shape} != {expected}')
-      _set(variables, path, value.astype(np.float32))
+      variables[path] = value.astype(np.float32)
   if mismatched:
     raise ValueError(f'{what}: shape mismatch for {len(mismatched)} tensor(s): ' + '; '.join(mismatched[:20]))
-  unfilled = sorted('/'.join(p) for p in _flat_paths(target) - _flat_paths(variables))
+  unfilled = sorted('/'.join(p) for p in targets.keys() - variables.keys())
   if unfilled:
     raise ValueError(f'{what}: no tensor for {len(unfilled)} model variable(s): {unfilled[:20]}')
-  return variables
+  return traverse_util.unflatten_dict(variables)
 
 
 def strip_wrappers(state_dict: Mapping) -> dict[str, np.ndarray]:
@@ -285,7 +269,8 @@ def to_torch_layout(rules: list[Rule], tree, torch_name: str) -> np.ndarray:
     if torch_name in rule.torch_names:
       if rule.to_torch is None:
         raise ValueError(f'{torch_name} has no inverse mapping')
-      values = rule.to_torch([np.asarray(_get(tree, p)) for p in rule.paths])
+      flat = traverse_util.flatten_dict(tree)
+      values = rule.to_torch([np.asarray(flat[p]) for p in rule.paths])
       return values[rule.torch_names.index(torch_name)]
   raise KeyError(f'No rule maps {torch_name}')
 

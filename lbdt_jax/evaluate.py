@@ -31,7 +31,7 @@ from etils import epath
 from pycocotools import mask as mask_utils
 
 from data_pipeline import glove, input_pipeline, prepare, tokenizer
-from lbdt_jax import checkpointing, inference, metrics, model_dir, paths, sharding, visualize
+from lbdt_jax import checkpointing, inference, metrics, model_dir, paths, progress, sharding, visualize
 from lbdt_jax.models import LBDT, LBDTConfig
 
 MODEL_INPUTS = inference.MODEL_INPUTS
@@ -185,14 +185,20 @@ def evaluate_split(config, model, mesh, params, batch_stats, builder, split: str
   batches = input_pipeline.eval_batches(builder, split, sentences, input_pipeline.Preprocessing.from_config(config),
                                         global_batch_size=config.eval.batch_size,
                                         process_index=jax.process_index(), process_count=jax.process_count())
-  for index, batch in enumerate(batches):
-    inputs = sharding.global_batch({key: batch[key] for key in MODEL_INPUTS}, mesh)
-    if index == 0:
-      sharding.compile_together(predict, params, batch_stats, inputs, name=f'predict {builder.name}:{split}')
-    probabilities = sharding.local_rows(predict(params, batch_stats, inputs))
-    records += _sample_records(builder.name, batch, probabilities, config.eval.protocol)
-    if pictures is not None:
-      pictures.add(batch, probabilities)
+  total = input_pipeline.num_eval_batches(builder.info.splits[split].num_examples, config.eval.batch_size,
+                                          jax.process_count())
+  with progress.Progress(total=total, unit='batch', desc=f'evaluate {builder.name}:{split}', leave=False) as bar:
+    for index, batch in enumerate(batches):
+      inputs = sharding.global_batch({key: batch[key] for key in MODEL_INPUTS}, mesh)
+      if index == 0:
+        sharding.compile_together(predict, params, batch_stats, inputs, name=f'predict {builder.name}:{split}')
+      probabilities = sharding.local_rows(predict(params, batch_stats, inputs))
+      records += _sample_records(builder.name, batch, probabilities, config.eval.protocol)
+      if pictures is not None:
+        pictures.add(batch, probabilities)
+      bar.update()
+      if (index + 1) % max(1, total // 10) == 0:  # a log line every tenth of the split
+        bar.log()
   return records
 
 

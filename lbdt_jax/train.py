@@ -8,7 +8,6 @@ writers) lives in the loop.
 
 import dataclasses
 import functools
-import time
 from collections.abc import Callable
 
 import flax
@@ -22,7 +21,7 @@ from clu import periodic_actions
 from jax.sharding import PartitionSpec as P
 
 from data_pipeline import glove, input_pipeline, prepare
-from lbdt_jax import checkpointing, convert, evaluate, model_dir, paths, preemption, sharding
+from lbdt_jax import checkpointing, convert, evaluate, model_dir, paths, preemption, progress, sharding
 from lbdt_jax.losses import segmentation_loss
 from lbdt_jax.models import LBDT, LBDTConfig, embed_words
 
@@ -326,12 +325,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   checkpointing.write_run_record(workdir, config, lbdt_config, trainer.table, final_step)
   writer = checkpointing.metric_writer(config, workdir)
   if start_step == 0:
-    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+    writer.write_hparams(config.to_dict())
   hooks = [periodic_actions.ReportProgress(num_train_steps=trainer.total_steps, writer=writer,
                                            every_steps=config.train.log_every_steps)]
   if config.train.profile and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(logdir=str(workdir), num_profile_steps=5, first_profile=start_step + 10))
-  progress = _ProgressBar(trainer.total_steps, start_step)
+  bar = progress.Progress(total=trainer.total_steps, initial=start_step, unit='step', desc='train')
   pending, history = None, []
   results = {}
 
@@ -352,16 +351,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         history.append(metrics)
         for hook in hooks:
           hook(step)
+        bar.update()
         if step % config.train.log_every_steps == 0 or step == trainer.total_steps:
           summary = _summarise(history)
           history = []
           writer.write_scalars(step, summary)
-          progress.update(step, summary)
+          bar.set_postfix(loss=f'{summary["loss"]:.4f}', lr=f'{summary["learning_rate"]:.2e}', refresh=False)
+          bar.log()
         if watcher.reached(step):
           _check_finite(pending, config, step)
           checkpointing.save(manager, step, state, trainer.train_iterator)
           manager.wait_until_finished()
-          progress.close()
+          bar.close()
           preemption.log_stop(watcher, step, manager.directory / str(step))
           return {'stopped_at_step': step}
         if step % config.train.checkpoint_every_steps == 0 or step == trainer.total_steps:
@@ -369,7 +370,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         if config.train.eval_every_steps and step % config.train.eval_every_steps == 0 and step < trainer.total_steps:
           results = evaluate_now(step)
     _check_finite(pending, config, final_step)
-    progress.close()
+    bar.close()
     results = evaluate_now(final_step, pictures=config.eval.pictures)
     export_dir = checkpointing.export(workdir / 'export', config, lbdt_config, state.params, state.batch_stats,
                                       trainer.table, final_step)
@@ -403,41 +404,3 @@ def _summarise(history: list[dict]) -> dict[str, float]:
   summary['skipped_updates'] = float(np.sum([m['skipped_update'] for m in host]))
   del summary['skipped_update']
   return summary
-
-
-def _flatten(tree: dict, prefix: str = '') -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value if isinstance(value, (int, float, str, bool)) else str(value)
-  return flat
-
-
-class _ProgressBar:
-  """A console line with step, loss and an ETA that leaves compilation out."""
-
-  def __init__(self, total: int, start: int):
-    self.total, self.start = total, start
-    self.first_time, self.first_step = None, None
-    self.enabled = jax.process_index() == 0
-
-  def update(self, step: int, summary: dict) -> None:
-    if not self.enabled:
-      return
-    now = time.time()
-    if self.first_time is None:
-      self.first_time, self.first_step = now, step
-      eta = '?'
-    else:
-      rate = (now - self.first_time) / (step - self.first_step)
-      eta = f'{rate * (self.total - step) / 60:.1f} min'
-    done = (step - self.start) / max(1, self.total - self.start)
-    bar = '#' * int(30 * done) + '.' * (30 - int(30 * done))
-    print(f'\r[{bar}] step {step}/{self.total}  loss {summary["loss"]:.4f}  lr {summary["learning_rate"]:.2e}  '
-          f'ETA {eta}   ', end='', flush=True)
-
-  def close(self) -> None:
-    if self.enabled:
-      print(flush=True)

@@ -7,6 +7,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from conftest import REFERENCE, ROOT, random_inputs
 from lbdt_jax import convert, model_dir
@@ -76,11 +77,11 @@ def test_gradient_names_round_trip(official_state_dict):
 
 def torchvision_state_dict(config):
   """A torchvision-layout ResNet state dict built from the names and shapes our rules expect."""
-  target = model_dir.abstract_variables(config)
+  target = traverse_util.flatten_dict(model_dir.abstract_variables(config))
   rng = np.random.default_rng(0)
   state_dict = {'fc.weight': np.zeros((1000, 2048), np.float32), 'fc.bias': np.zeros(1000, np.float32)}
   for rule in convert._resnet(convert._torchvision_names(), ('spatial_encoder',), config):
-    ours = [rng.standard_normal(convert._get(target, p).shape).astype(np.float32) for p in rule.paths]
+    ours = [rng.standard_normal(target[p].shape).astype(np.float32) for p in rule.paths]
     state_dict.update(zip(rule.torch_names, rule.to_torch(ours)))
     state_dict[rule.torch_names[0].rsplit('.', 1)[0] + '.num_batches_tracked'] = np.zeros((), np.int64)
   return state_dict

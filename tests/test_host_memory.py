@@ -1,4 +1,4 @@
-"""The restart with glibc's huge-page tunable (lbdt_jax/host_memory.py)."""
+"""The restart with glibc's huge-page tunable (benchmarks/host_memory.py)."""
 
 import os
 import subprocess
@@ -7,14 +7,14 @@ import textwrap
 
 import pytest
 
-from lbdt_jax import host_memory
+from benchmarks import host_memory
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Restarts itself through `use_huge_pages`, then counts the page faults of writing a fresh 64 MiB malloc block.
 CHILD = textwrap.dedent('''
     import ctypes, os, resource
-    from lbdt_jax import host_memory
+    from benchmarks import host_memory
     host_memory.use_huge_pages()
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
