@@ -10,10 +10,15 @@ Multi-host: start the same command on every host with --coordinator=host0:1234 -
 (or let JAX discover them on SLURM / Cloud TPU with --distributed).
 """
 
+import os
+import sys
+import traceback
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lbdt_jax import host_memory
+ROOT = os.path.dirname(os.path.realpath(__file__))
+OUR_CODE = ('lbdt_jax', 'data_pipeline', 'configs', 'main.py')
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/default.py', 'Configuration file (configs/*.py[:options]).')
@@ -35,6 +40,8 @@ flags.DEFINE_integer('attention_stage', 5, '--mode=predict --attention: encoder 
 flags.DEFINE_integer('attention_layer', 0, '--mode=predict --attention: LBDT layer within the stage.')
 flags.DEFINE_list('attention_frames', [], '--mode=predict --attention: frame indices (default: frame δ).')
 flags.DEFINE_string('glove_path', None, '--mode=predict: GloVe file to look up words a GloVe model lacks.')
+flags.DEFINE_bool('allow_unreadable_frames', False, '--mode=predict: skip the frames of a damaged video that '
+                  'cannot be decoded (with a warning) instead of stopping with an error.')
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (auto-detected cluster).')
 flags.DEFINE_string('coordinator', None, 'Multi-host: address:port of process 0.')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
@@ -46,20 +53,64 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not FLAGS['verbosity'].present:  # orbax and tfds log every file they touch at INFO; --verbosity=0 shows it
     logging.set_verbosity(logging.WARNING)
-  # Imported here so that --help stays fast and multi-host start-up happens before anything touches devices.
-  from lbdt_jax import sharding  # pylint: disable=import-outside-toplevel
+  try:
+    run(FLAGS.config)
+  except Exception as error:  # pylint: disable=broad-except
+    if not is_users_mistake(error):
+      raise
+    print(f'Error: {error}', file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing (which reads the config file and applies --config.* overrides), with a mistake in them
+  reported in one line and exit status 2."""
+  try:
+    remaining = FLAGS(argv)
+    FLAGS.config.keys()  # the file is loaded lazily: a file that fails to load fails here, not later
+    return remaining
+  except (flags.Error, OSError, AttributeError, KeyError, TypeError, ValueError) as error:
+    print(f'Error: {_flag_problem(error)}', file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _flag_problem(error: Exception) -> str:
+  lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+  if isinstance(error, (AttributeError, KeyError)):  # an override of a field the config does not have
+    field = str(error).strip('"\'')
+    given = [arg for arg in sys.argv if arg.startswith('--config.') and field in arg.split('=')[0].split('.')]
+    return f'{" ".join(given) or field}: the config has no field {field!r} (fields: configs/default.py)'
+  if lines and 'Failed loading config file' in lines[0]:
+    return f'--config: cannot load {lines[-1]}'
+  if 'Traceback' in str(error):  # an exception inside the config file's get_config: its last line says what
+    return f'{lines[0]} {lines[-1]}'
+  return lines[0] if lines else type(error).__name__
+
+
+def is_users_mistake(error: Exception) -> bool:
+  """Errors our code raises on purpose about its input (their messages name the problem); anything raised inside a
+  library keeps its traceback."""
+  if not isinstance(error, (ValueError, OSError, RuntimeError, TimeoutError)):
+    return False
+  frame = traceback.extract_tb(error.__traceback__)[-1]
+  return os.path.realpath(frame.filename).startswith(tuple(os.path.join(ROOT, part) for part in OUR_CODE))
+
+
+def run(config) -> None:
+  """One library call per mode (imports per mode: prediction needs no TensorFlow)."""
   if (FLAGS.num_processes or FLAGS.process_id is not None) and not (FLAGS.coordinator or FLAGS.distributed):
     raise app.UsageError('--num_processes/--process_id need --coordinator=host:port (or --distributed)')
   if FLAGS.distributed or FLAGS.coordinator:
+    from lbdt_jax import sharding  # pylint: disable=import-outside-toplevel
     sharding.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-  from data_pipeline import prepare  # pylint: disable=import-outside-toplevel
-  from lbdt_jax import convert, evaluate, export, paths, predict, train  # pylint: disable=import-outside-toplevel
   if FLAGS.mode == 'prepare':
-    print(prepare.describe(prepare.prepare(FLAGS.config, FLAGS.rebuild_word_tables)))
+    from data_pipeline import prepare  # pylint: disable=import-outside-toplevel
+    print(prepare.describe(prepare.prepare(config, FLAGS.rebuild_word_tables)))
     return
   if FLAGS.mode == 'predict':
+    from lbdt_jax import paths, predict  # pylint: disable=import-outside-toplevel
     workdir = FLAGS.workdir and paths.path(FLAGS.workdir)
-    model_dir = FLAGS.model or FLAGS.config.init.checkpoint or (workdir and workdir / 'export')
+    model_dir = FLAGS.model or config.init.checkpoint or (workdir and workdir / 'export')
     output = FLAGS.output or (workdir and workdir / 'predictions')
     if not (FLAGS.video and FLAGS.sentence and model_dir and output):
       raise app.UsageError('--mode=predict needs --video, at least one --sentence, and --model and --output '
@@ -67,22 +118,26 @@ def main(argv):
     predict.predict(model_dir, FLAGS.video, FLAGS.sentence, output, batch_size=FLAGS.batch_size,
                     attention=FLAGS.attention, attention_stage=FLAGS.attention_stage,
                     attention_layer=FLAGS.attention_layer,
-                    attention_frames=tuple(int(f) for f in FLAGS.attention_frames), glove_path=FLAGS.glove_path)
+                    attention_frames=tuple(int(f) for f in FLAGS.attention_frames), glove_path=FLAGS.glove_path,
+                    allow_unreadable_frames=FLAGS.allow_unreadable_frames)
     return
   if not FLAGS.workdir:
     raise app.UsageError(f'--mode={FLAGS.mode} needs --workdir')
   if FLAGS.mode == 'train':
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    from lbdt_jax import train  # pylint: disable=import-outside-toplevel
+    train.train_and_evaluate(config, FLAGS.workdir)
   elif FLAGS.mode == 'evaluate':
-    evaluate.evaluate(FLAGS.config, FLAGS.workdir)
+    from lbdt_jax import evaluate  # pylint: disable=import-outside-toplevel
+    evaluate.evaluate(config, FLAGS.workdir)
   elif FLAGS.mode == 'export':
-    export.export_model(FLAGS.config, FLAGS.workdir, FLAGS.output)
+    from lbdt_jax import export  # pylint: disable=import-outside-toplevel
+    export.export_model(config, FLAGS.workdir, FLAGS.output)
   elif FLAGS.mode == 'convert':
     if not FLAGS.checkpoint:
       raise app.UsageError('--mode=convert needs --checkpoint')
-    convert.convert_checkpoint(FLAGS.checkpoint, FLAGS.workdir, FLAGS.config)
+    from lbdt_jax import convert  # pylint: disable=import-outside-toplevel
+    convert.convert_checkpoint(FLAGS.checkpoint, FLAGS.workdir, config)
 
 
 if __name__ == '__main__':
-  host_memory.use_huge_pages()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
