@@ -1,15 +1,19 @@
-"""Pictures for people: frames with the predicted mask overlaid and the sentence as caption; grids and GIFs."""
+"""Pictures for people: frames with the predicted mask overlaid and the sentence as caption; grids, GIFs and
+H.264 videos."""
 
 import io
+import warnings
 
 import cv2
 import imageio.v3 as iio
+import imageio_ffmpeg
 import numpy as np
 from etils import epath
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 COLOURS = ((255, 64, 64), (64, 160, 255), (80, 220, 80), (255, 200, 0), (200, 90, 255), (0, 220, 220))  # RGB
+ATTENTION_CELL_WIDTH = 320  # px: two cells side by side fit a screen, whatever the video's size
 
 
 def denormalise(frame: np.ndarray) -> np.ndarray:
@@ -23,13 +27,16 @@ def difference_image(difference: np.ndarray, gain: float = 2.0) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, colour=COLOURS[0], alpha: float = 0.5) -> np.ndarray:
-  """The mask tinted over the image, with its outline."""
+  """The mask tinted over the image, outlined in black and white: a tint alone vanishes on an object of its colour,
+  and one of the two lines stands out on any background."""
   mask = mask.astype(bool)
   out = image.astype(np.float32)
   out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(colour, np.float32)
   out = out.round().astype(np.uint8)
   contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-  cv2.drawContours(out, contours, -1, tuple(int(c) for c in colour), 1)
+  light = max(1, round(min(mask.shape) / 360))  # 1 px at 360p, 2 px at 720p
+  cv2.drawContours(out, contours, -1, (0, 0, 0), light + 2)
+  cv2.drawContours(out, contours, -1, (255, 255, 255), light)
   return out
 
 
@@ -39,8 +46,10 @@ def upscale(image: np.ndarray, min_side: int = 256) -> np.ndarray:
 
 
 def captioned(image: np.ndarray, text: str, colour=(255, 255, 255)) -> np.ndarray:
-  """The image under a black band holding the text (wrapped to the image width)."""
-  font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1
+  """The image under a black band holding the text (wrapped to the image width), in letters that grow with the
+  width so that they stay readable when the picture is shown at screen size."""
+  font, scale = cv2.FONT_HERSHEY_SIMPLEX, min(max(image.shape[1] / 700, 0.45), 2.0)
+  thickness, line_height = 1 + int(scale >= 1), round(40 * scale)
   lines, line = [], ''
   for word in text.split():
     candidate = f'{line} {word}'.strip()
@@ -50,10 +59,10 @@ def captioned(image: np.ndarray, text: str, colour=(255, 255, 255)) -> np.ndarra
     else:
       line = candidate
   lines.append(line)
-  band = np.zeros((18 * len(lines) + 6, image.shape[1], 3), np.uint8)
+  band = np.zeros((line_height * len(lines) + line_height // 3, image.shape[1], 3), np.uint8)
   for row, text_line in enumerate(lines):
-    cv2.putText(band, text_line, (4, 18 * (row + 1)), font, scale, tuple(int(c) for c in colour), thickness,
-                cv2.LINE_AA)
+    cv2.putText(band, text_line, (4, line_height * (row + 1)), font, scale, tuple(int(c) for c in colour),
+                thickness, cv2.LINE_AA)
   return np.concatenate([band, image])
 
 
@@ -71,10 +80,13 @@ def attention_picture(image: np.ndarray, difference: np.ndarray, maps: dict[str,
   """Paper Fig. 6 for one sample: rows of [word | its attention over the frame | over the frame difference].
 
   `image` is uint8 RGB, `difference` the normalised frame difference, `maps` {'frame' | 'difference': [words,
-  h*w]} (`lbdt_jax.inference.attention_maps` of this sample) on a `grid_size` = (h, w) grid.
+  h*w]} (`lbdt_jax.inference.attention_maps` of this sample) on a `grid_size` = (h, w) grid. Each cell is
+  `ATTENTION_CELL_WIDTH` px wide, whatever the image's size.
   """
-  image = upscale(image, 160)
-  height, width = image.shape[:2]
+  width = ATTENTION_CELL_WIDTH
+  height = max(1, round(image.shape[0] * width / image.shape[1]))
+  image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if image.shape[1] > width else
+                     cv2.INTER_LINEAR)
   shown = {'frame': image, 'difference': cv2.resize(difference_image(difference), (width, height))}
   rows = []
   for w, token in enumerate(tokens):
@@ -109,3 +121,30 @@ def save_gif(path: epath.Path, frames: list[np.ndarray], fps: float = 4.0) -> ep
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_bytes(buffer.getvalue())
   return path
+
+
+class H264Writer:
+  """Writes uint8 RGB frames of one size to an H.264 mp4 (yuv420p, which browsers play) through imageio-ffmpeg's
+  own ffmpeg; yuv420p needs even sizes, so an odd height or width gets a black row or column."""
+
+  def __init__(self, path: str, fps: float, size: tuple[int, int]):
+    self.size = size  # (height, width) of the frames
+    padded = (size[1] + size[1] % 2, size[0] + size[0] % 2)
+    self._encoder = imageio_ffmpeg.write_frames(path, padded, fps=float(fps), codec='libx264', macro_block_size=1,
+                                                ffmpeg_log_level='error', output_params=['-movflags', '+faststart'])
+    with warnings.catch_warnings():
+      # JAX warns at every fork; this one is followed at once by exec (of ffmpeg), which is safe.
+      warnings.filterwarnings('ignore', 'os.fork', RuntimeWarning)
+      self._encoder.send(None)  # starts ffmpeg
+
+  def write(self, frame: np.ndarray) -> None:
+    self._encoder.send(np.ascontiguousarray(np.pad(frame, ((0, self.size[0] % 2), (0, self.size[1] % 2), (0, 0)))))
+
+  def close(self) -> None:
+    self._encoder.close()
+
+  def __enter__(self) -> 'H264Writer':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
