@@ -1,13 +1,16 @@
-"""Transparent huge pages for the host memory XLA:CPU allocates (Linux with glibc >= 2.35).
+"""Transparent huge pages for the host memory XLA:CPU allocates (Linux with glibc >= 2.35), for the benchmarks.
 
 XLA:CPU allocates the temporaries of every call afresh. glibc serves blocks above 32 MiB with `mmap` and unmaps
 them on free, so each training step touches gigabytes of new 4 KiB pages, and the kernel zeroes every one of them.
-On the 2-core test machine a batch-8 LBDT-4 training step at 320x320 took 2.2 M page faults and 6.3 CPU-seconds in
+On a 2-core CPU machine a batch-8 LBDT-4 training step at 320x320 took 2.2 M page faults and 6.3 CPU-seconds in
 the kernel (11.4 s per step); with glibc's `glibc.malloc.hugetlb=1` tunable, malloc asks for transparent huge pages
-(`madvise`) and the same step took 34 k faults, 1.7 s in the kernel and 9.0 s per step (README, Performance).
+(`madvise`) and the same step took 34 k faults, 1.7 s in the kernel and 9.0 s per step (docs/performance.md,
+"Host memory: transparent huge pages").
 
 glibc reads its tunables once, when the process starts, so `use_huge_pages` starts the program again (`exec`, same
-arguments) with the tunable added. Set LBDT_HUGE_PAGES=0, or set the tunable yourself, to keep the process as
+arguments) with the tunable added. The benchmarks (`benchmarks.throughput`, `benchmarks.compare_reference`) call
+it; `main.py` does not: CPU users who want huge pages for training export `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`
+themselves before starting Python. Set LBDT_HUGE_PAGES=0, or set the tunable yourself, to keep the process as
 started.
 """
 
