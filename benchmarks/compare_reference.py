@@ -28,7 +28,7 @@ import numpy as np
 from benchmarks import harness, throughput
 from data_pipeline import glove
 from benchmarks import host_memory
-from lbdt_jax import convert, sharding, train
+from lbdt_jax import convert, metrics, sharding, train
 from lbdt_jax.models import LBDT
 from lbdt_jax.tools import check_reference
 
@@ -268,7 +268,7 @@ def main(argv=None):
   loss = training['first_loss']
   print(f'First training loss: ours {loss["ours"]:.6f}, reference {loss["reference"]:.6f} '
         f'(relative difference {loss["relative_difference"]:.1e})')
-  print(harness.markdown_table(['measurement', 'reference (PyTorch)', 'ours (JAX)', 'speed-up', 'our compile s'],
+  print(metrics.markdown_table(['measurement', 'reference (PyTorch)', 'ours (JAX)', 'speed-up', 'our compile s'],
                                rows))
   harness.write_json(args.json, results)
   failures = []

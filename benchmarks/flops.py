@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import harness
+from lbdt_jax import metrics
 from lbdt_jax.models import LBDT, LBDTConfig
 from lbdt_jax.models.resnet import ResNetEncoder
 
@@ -68,7 +69,7 @@ def main(argv=None):
                  f'{paper:.2f}' if paper else '—', f'{parts["encoders"] / 2e9:.2f}', f'{parts["lbdt"] / 2e9:.2f}',
                  f'{parts["text_and_decoder"] / 2e9:.2f}'])
   print(f'Forward pass, batch 1, 2x{args.size}x{args.size}, {args.words} words (XLA cost analysis, CPU lowering)')
-  print(harness.markdown_table(['model', 'GFLOPs (XLA)', 'GMACs', 'paper "GFLOPs" (Tab. 8)', 'GMACs: 2 ResNet-50',
+  print(metrics.markdown_table(['model', 'GFLOPs (XLA)', 'GMACs', 'paper "GFLOPs" (Tab. 8)', 'GMACs: 2 ResNet-50',
                                 'GMACs: LBDT modules', 'GMACs: LSTM + decoder'], rows))
   harness.write_json(args.json, {'size': args.size, 'words': args.words, 'flops': results,
                                  'paper_gflops': PAPER_GFLOPS, 'machine': harness.machine()})

@@ -203,12 +203,6 @@ def peak_device_memory_bytes() -> int | None:
   return stats.get('peak_bytes_in_use')
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  lines += ['| ' + ' | '.join(str(cell) for cell in row) + ' |' for row in rows]
-  return '\n'.join(lines)
-
-
 def write_json(path: str | None, result: dict) -> None:
   if path:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

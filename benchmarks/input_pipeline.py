@@ -16,6 +16,7 @@ import time
 
 from configs import default
 from data_pipeline import input_pipeline, prepare
+from lbdt_jax import metrics
 
 
 def samples_per_second(iterator: input_pipeline.TrainIterator, batches: int) -> float:
@@ -57,12 +58,11 @@ def main():
                  'min_samples_per_second': min(rates), 'max_samples_per_second': max(rates)})
   result = {'cpu_count': cores, 'input_size': args.size, 'source_size': args.source_size, 'batch': args.batch,
             'batches': args.batches, 'repeats': args.repeats, 'rows': rows}
-  print(f'| tf.data threads | samples/s (median) | min | max |   input {args.size}x{args.size}, '
-        f'source {args.source_size}x{args.source_size}, batch {args.batch}, {cores} cores')
-  print('|---|---|---|---|')
-  for row in rows:
-    print(f'| {row["threads"]} | {row["median_samples_per_second"]:.1f} | {row["min_samples_per_second"]:.1f} | '
-          f'{row["max_samples_per_second"]:.1f} |')
+  print(f'Input {args.size}x{args.size}, source {args.source_size}x{args.source_size}, batch {args.batch}, '
+        f'{cores} cores')
+  print(metrics.markdown_table(['tf.data threads', 'samples/s (median)', 'min', 'max'],
+                               [[row['threads']] + [f'{row[f"{kind}_samples_per_second"]:.1f}'
+                                                    for kind in ('median', 'min', 'max')] for row in rows]))
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(result, f, indent=2)

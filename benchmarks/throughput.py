@@ -22,7 +22,7 @@ from benchmarks import flops, harness
 from configs import default
 from data_pipeline import glove
 from benchmarks import host_memory
-from lbdt_jax import sharding, train
+from lbdt_jax import metrics, sharding, train
 from lbdt_jax.models import LBDT
 
 VOCABULARY = 1000  # word table rows for the training step (frozen vectors, as with GloVe)
@@ -173,7 +173,7 @@ def main(argv=None):
                  f'{100 * r["model_flops_utilisation"]:.0f}%' if r['model_flops_utilisation'] else '—',
                  f'{t["page_faults"] / 1e3:.1f}' if t['page_faults'] is not None else '—',
                  f'{t["system_seconds"]:.2f}' if t['system_seconds'] is not None else '—'])
-  print(harness.markdown_table(['mode', 'dtype', 'batch', 'items/s', 'median ms', 'min–max ms', 'compile s',
+  print(metrics.markdown_table(['mode', 'dtype', 'batch', 'items/s', 'median ms', 'min–max ms', 'compile s',
                                 'memory MiB/sample', 'model TFLOP/s', 'MFU', 'page faults/call (k)',
                                 'kernel CPU s/call'], rows))
   print(f'Model FLOPs: {forward_flops / 1e9:.1f} GFLOPs per frame forward (benchmarks.flops), x'

@@ -29,9 +29,8 @@ from data_pipeline.tensorflow_cpu import tf
 import tensorflow_datasets as tfds
 
 from data_pipeline import glove, tokenizer
+from data_pipeline.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MASK_RESIZE_METHODS = ('nearest', 'bilinear_threshold')
 IMAGE_FEATURES = ('frame', 'prev_frame', 'mask')
 NUMERIC_IDS = ('frame_index', 'prev_frame_index', 'object_id', 'expression_id')

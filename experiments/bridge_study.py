@@ -23,6 +23,8 @@ from concurrent import futures
 
 import numpy as np
 
+from lbdt_jax import metrics
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUES = ('appearance', 'motion', 'both')
 METRICS = {'mean_IoU': 'mean IoU', 'P@0.5': 'P@0.5'}
@@ -140,17 +142,15 @@ def summarise(runs: list[dict]) -> dict:
 def markdown_tables(summary: dict) -> str:
   sections = []
   splits = list(next(iter(summary.values())))
+  columns = [(split, cue) for split in splits for cue in ('all', *CUES)]
+  header = ['variant'] + [f'{split.split(":")[-1]} {cue}' for split, cue in columns]
   for metric, metric_name in METRICS.items():
-    header = ['variant'] + [f'{split.split(":")[-1]} {cue}' for split in splits for cue in ('all', *CUES)]
-    lines = ['| ' + ' | '.join(header) + ' |', '|---|' + '---:|' * (len(header) - 1)]
+    rows = []
     for name, splits_summary in summary.items():
-      cells = []
-      for split in splits:
-        for cue in ('all', *CUES):
-          value = splits_summary.get(split, {}).get(metric, {}).get(cue)
-          cells.append(f'{value[0]:.1f} ± {value[1]:.1f}' if value else '—')
-      lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
-    sections.append(f'**{metric_name}** (%, mean ± std over seeds)\n\n' + '\n'.join(lines))
+      values = [splits_summary.get(split, {}).get(metric, {}).get(cue) for split, cue in columns]
+      rows.append([name] + [f'{value[0]:.1f} ± {value[1]:.1f}' if value else '—' for value in values])
+    table = metrics.markdown_table(header, rows, align='-' + 'r' * len(columns))
+    sections.append(f'**{metric_name}** (%, mean ± std over seeds)\n\n' + table)
   return '\n\n'.join(sections)
 
 
@@ -184,9 +184,9 @@ def report(runs: list[dict], args, wall_seconds: float, commands: list[str]) -> 
            f'{len(runs)} runs ({len(variants)} variants × seeds {args.seeds}), config `{args.config}`'
            + (f' with {", ".join(args.set)}' if args.set else '') + f'; wall time {wall_seconds / 60:.1f} min '
            f'with {args.workers} parallel runs. Reproduce with:', '', '```bash', ' '.join(commands), '```', '',
-           markdown_tables(summary), '', '| variant | options | what it is | paper (A2D, LBDT-1: overall / mean IoU) |',
-           '|---|---|---|---|']
-  lines += [f'| {v.name} | `{v.options}` | {v.description} | {v.paper} |' for v in variants]
+           markdown_tables(summary), '',
+           metrics.markdown_table(['variant', 'options', 'what it is', 'paper (A2D, LBDT-1: overall / mean IoU)'],
+                                  [[v.name, f'`{v.options}`', v.description, v.paper] for v in variants])]
   return '\n'.join(lines) + '\n'
 
 

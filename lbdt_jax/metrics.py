@@ -12,7 +12,8 @@ Four families, all working on saved predictions so that evaluation runs anywhere
 * DAVIS 2017 region J and boundary F as the davis2017-evaluation toolkit defines them (`jaccard`, `boundary_f`,
   `DavisAccumulator` for the Ref-DAVIS averaging).
 
-`format_table` renders results in the paper's table layout.
+`format_table` renders results in the paper's table layout, through `markdown_table`, the one markdown-table
+writer of the project (the benchmarks and experiments use it too).
 """
 
 import contextlib
@@ -454,23 +455,47 @@ TABLE_LAYOUTS = {
 }
 
 
+# Delimiter-row cell per column alignment letter (GitHub-flavoured markdown).
+_ALIGNMENT_RULES = {'-': '---', 'l': ':---', 'r': '---:', 'c': ':---:'}
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence], align: str = '') -> str:
+  """A markdown table: the header row, the delimiter row and one line per row, cells written with `str`.
+
+  `align` has one letter per column: 'l' left, 'r' right, 'c' centred, '-' unaligned; columns beyond it are
+  unaligned ('-r' = an unaligned first column and a right-aligned second). A '|' inside a cell is escaped.
+  """
+  if len(align) > len(header) or set(align) - set(_ALIGNMENT_RULES):
+    raise ValueError(f'align must have at most one letter of {"".join(_ALIGNMENT_RULES)!r} per column '
+                     f'({len(header)}), got {align!r}')
+
+  def line(cells) -> str:
+    return '| ' + ' | '.join(str(cell).replace('|', r'\|') for cell in cells) + ' |'
+
+  lines = [line(header), '|' + ''.join(_ALIGNMENT_RULES[a] + '|' for a in align.ljust(len(header), '-'))]
+  for row in rows:
+    row = list(row)
+    if len(row) != len(header):
+      raise ValueError(f'a row of {len(row)} cells in a table of {len(header)} columns: {row}')
+    lines.append(line(row))
+  return '\n'.join(lines)
+
+
 def format_table(rows: Mapping[str, Mapping[str, float]], layout: str = 'a2d', *, percent: bool = True,
                  digits: int = 1, label: str = 'Method') -> str:
   """Markdown table with one row per entry of `rows` ({row label: result dict}).
 
   layout 'a2d' (A2D / J-HMDB Sentences): P@0.5 .. P@0.9 | Overall IoU, Mean IoU | mAP, read from the keys of
   `ReferringAccumulator.result` (put a COCO mAP under 'mAP' to show that instead); 'davis': J, F, J&F. Values are
-  shown ×100 when percent (as in the paper); missing values as '-'.
+  shown ×100 when percent (as in the paper), right-aligned; missing values as '-'.
   """
   if layout not in TABLE_LAYOUTS:
     raise ValueError(f'unknown layout {layout!r}, expected one of {sorted(TABLE_LAYOUTS)}')
   columns = TABLE_LAYOUTS[layout]
-  lines = ['| ' + ' | '.join([label] + [header for header, _ in columns]) + ' |',
-           '|' + '---|' + '---:|' * len(columns)]
-  for name, results in rows.items():
-    cells = [name]
-    for _, key in columns:
-      value = results.get(key)
-      cells.append('-' if value is None else f'{value * 100 if percent else value:.{digits}f}')
-    lines.append('| ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines)
+
+  def cell(value) -> str:
+    return '-' if value is None else f'{value * 100 if percent else value:.{digits}f}'
+
+  return markdown_table([label] + [header for header, _ in columns],
+                        [[name] + [cell(results.get(key)) for _, key in columns] for name, results in rows.items()],
+                        align='-' + 'r' * len(columns))

@@ -31,7 +31,7 @@ import numpy as np
 import tqdm
 from etils import epath
 
-from data_pipeline import glove, tokenizer
+from data_pipeline import glove, normalisation, tokenizer
 from lbdt_jax import inference, model_dir, paths, visualize
 from lbdt_jax.models import LBDT
 
@@ -51,7 +51,7 @@ def load_model(directory) -> model_dir.ModelDirectory:
 def _normalised(frames, height: int, width: int):
   resized = jax.image.resize(frames.astype(jnp.float32), (frames.shape[0], height, width, 3), 'linear',
                              antialias=True)
-  return (resized / 255.0 - visualize.IMAGENET_MEAN) / visualize.IMAGENET_STD
+  return (resized / 255.0 - normalisation.IMAGENET_MEAN) / normalisation.IMAGENET_STD
 
 
 def normalised_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:

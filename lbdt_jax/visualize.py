@@ -10,8 +10,8 @@ import imageio_ffmpeg
 import numpy as np
 from etils import epath
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+from data_pipeline.normalisation import IMAGENET_MEAN, IMAGENET_STD
+
 COLOURS = ((255, 64, 64), (64, 160, 255), (80, 220, 80), (255, 200, 0), (200, 90, 255), (0, 220, 220))  # RGB
 ATTENTION_CELL_WIDTH = 320  # px: two cells side by side fit a screen, whatever the video's size
 

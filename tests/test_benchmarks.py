@@ -173,6 +173,11 @@ def test_study_reuses_finished_runs_and_reports_mean_and_std(tmp_path, monkeypat
   # full: mean IoU 60 ± 14.1 (sample std of 50 and 70); motion adds 0.1 -> 70.0 mean.
   assert '| full | 60.0 ± 14.1 | 60.0 ± 14.1 | 70.0 ± 14.1 | 80.0 ± 14.1 |' in report
   assert '| direct | 30.0 ± 14.1 |' in report
+  assert ('| variant | test all | test appearance | test motion | test both | test_compositional all |'
+          in report)
+  assert '\n|---|' + '---:|' * 8 + '\n| full |' in report  # numbers right-aligned
+  assert ('| variant | options | what it is | paper (A2D, LBDT-1: overall / mean IoU) |\n|---|---|---|---|\n'
+          '| full | `lbdt1` |') in report
   assert 'Tab. 5 row 1' in report and 'python -m experiments.bridge_study --variants full,direct' in report
   runs = json.loads((output / 'runs.json').read_text())['runs']
   assert [(r['variant'], r['seed']) for r in runs] == [('full', 0), ('full', 1), ('direct', 0), ('direct', 1)]

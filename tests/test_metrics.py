@@ -326,6 +326,21 @@ def test_davis_accumulator_averages_sequences_then_sets():
 # Tables.
 
 
+def test_markdown_table_writes_header_alignment_and_rows():
+  assert metrics.markdown_table(['a', 'b', 'c'], [[1, 'x', 2.5], ['—', 'y', None]]) == (
+      '| a | b | c |\n|---|---|---|\n| 1 | x | 2.5 |\n| — | y | None |')
+  assert metrics.markdown_table(['name', 'left', 'right', 'centre'], [('n', 1, 2, 3)], align='-lrc') == (
+      '| name | left | right | centre |\n|---|:---|---:|:---:|\n| n | 1 | 2 | 3 |')
+  assert metrics.markdown_table(['only', 'rest'], [], align='r') == '| only | rest |\n|---:|---|'
+  assert metrics.markdown_table(['a|b'], [['x|y']]) == '| a\\|b |\n|---|\n| x\\|y |'
+  with pytest.raises(ValueError, match='a row of 1 cells in a table of 2 columns'):
+    metrics.markdown_table(['a', 'b'], [['x']])
+  with pytest.raises(ValueError, match='align'):
+    metrics.markdown_table(['a'], [], align='rr')
+  with pytest.raises(ValueError, match='align'):
+    metrics.markdown_table(['a'], [], align='x')
+
+
 def test_format_table_layouts():
   a2d = {'P@0.5': 0.65, 'P@0.6': 0.55, 'P@0.7': 0.5, 'P@0.8': 0.375, 'P@0.9': 0.175, 'overall_IoU': 0.6492,
          'mean_IoU': 0.5847, 'mAP': 0.42}
@@ -337,5 +352,6 @@ def test_format_table_layouts():
   davis = metrics.format_table({'ours': {'J': 0.5, 'F': 0.6, 'J&F': 0.55}}, 'davis', percent=False, digits=2)
   assert davis.splitlines()[0] == '| Method | J | F | J&F |'
   assert davis.splitlines()[2] == '| ours | 0.50 | 0.60 | 0.55 |'
+  assert metrics.format_table({}, 'davis', label='step 3') == '| step 3 | J | F | J&F |\n|---|---:|---:|---:|'
   with pytest.raises(ValueError):
     metrics.format_table({}, 'refcoco')
