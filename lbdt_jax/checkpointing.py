@@ -22,7 +22,6 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import metric_writers
 from etils import epath
 
 from data_pipeline import glove
@@ -56,6 +55,7 @@ def manager(workdir: epath.Path, config: ml_collections.ConfigDict | None = None
 def metric_writer(config: ml_collections.ConfigDict, workdir: epath.Path, subdirectory: str = ''):
   """clu's writer: log lines everywhere, TensorBoard events (through TensorFlow's file system, local or gs://)
   from process 0 into config.train.tensorboard_dir or the work directory."""
+  from clu import metric_writers  # pylint: disable=import-outside-toplevel  # loads TensorFlow: only when writing
   directory = paths.path(config.train.tensorboard_dir) if config.train.tensorboard_dir else workdir
   if subdirectory:
     directory = directory / subdirectory

@@ -38,9 +38,7 @@ def loaded_tensorflow_modules(*modules: str) -> list[str]:
     ('lbdt_jax.model_dir',),
     ('lbdt_jax.metrics',),
     ('data_pipeline', 'data_pipeline.glove', 'data_pipeline.tokenizer', 'data_pipeline.normalisation'),
-    pytest.param(('lbdt_jax.checkpointing',), marks=pytest.mark.xfail(
-        strict=True, reason='clu.metric_writers imports TensorFlow at module level; lbdt_jax/checkpointing.py '
-        'should import it inside metric_writer() (remove this mark once it does)')),
+    ('lbdt_jax.checkpointing',),
 ], ids=lambda modules: '+'.join(modules))
 def test_imports_without_tensorflow(modules):
   assert loaded_tensorflow_modules(*modules) == [], f'importing {", ".join(modules)} loads TensorFlow'
