@@ -1,5 +1,7 @@
 """Decoder with Bilateral Channel Activation (paper §3.3, eqs. 10-13)."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -40,7 +42,8 @@ class BilateralChannelActivation(nn.Module):
       for gate in gates[name]:
         x = x * gate[:, None, None, :]
       activated.append(x)
-    return ConvBN(cfg.decoder_dim, 3, dtype=dtype, name='fusion')(jnp.concatenate(activated, -1), train)
+    fusion = ConvBN(cfg.decoder_dim, 3, dtype=dtype, cpu_kernel_gradients=cfg.cpu_kernel_gradients, name='fusion')
+    return fusion(jnp.concatenate(activated, -1), train)
 
 
 class Decoder(nn.Module):
@@ -52,19 +55,20 @@ class Decoder(nn.Module):
   def __call__(self, pyramids, sentence, *, train: bool):
     cfg = self.config
     dtype = cfg.compute_dtype
+    conv_bn = functools.partial(ConvBN, cfg.decoder_dim, 3, dtype=dtype, cpu_kernel_gradients=cfg.cpu_kernel_gradients)
     decoded = {}
     for name, features in pyramids.items():
       height, width = features[0].shape[1:3]
       total = 0
       for level, feature in enumerate(features):
-        refined = ConvBN(cfg.decoder_dim, 3, dtype=dtype, name=f'{name}_refine{level}')(feature, train)
+        refined = conv_bn(name=f'{name}_refine{level}')(feature, train)
         total = total + aligned_bilinear(refined, height // refined.shape[1])
       self.sow('intermediates', f'{name}_decoded', total)
       decoded[name] = total
     x = BilateralChannelActivation(cfg, name='bca')(decoded, sentence, train=train)
     self.sow('intermediates', 'fused', x)
     for index in range(cfg.decoder_tower_depth):
-      x = ConvBN(cfg.decoder_dim, 3, dtype=dtype, name=f'tower{index}')(x, train)
-    logits = Conv(1, 1, use_bias=True, dtype=dtype, name='logits')(x)
+      x = conv_bn(name=f'tower{index}')(x, train)
+    logits = Conv(1, 1, use_bias=True, dtype=dtype, cpu_kernel_gradients=cfg.cpu_kernel_gradients, name='logits')(x)
     self.sow('intermediates', 'low_resolution_logits', logits)
     return aligned_bilinear(logits, 4)[..., 0]

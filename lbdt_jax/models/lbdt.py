@@ -6,6 +6,7 @@ all norms are post-norm. `share_direction_weights=False` gives each direction it
 `bridge='direct'` is the Tab. 5 baseline: the streams attend to each other directly, without words.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -94,9 +95,11 @@ class LanguageBridgedDuplexTransfer(nn.Module):
     involved = sorted(set(targets) | set(targets.values()))
     batch, height, width, _ = streams['spatial'].shape
     # Eq. 1: 1x1 conv + BN to the model width, then flatten row-major to [B, h*w, C_m].
+    projection = functools.partial(ConvBN, kernel=1, relu=False, dtype=dtype,
+                                   cpu_kernel_gradients=cfg.cpu_kernel_gradients)
     sequences = {}
     for name in involved:
-      reduced = ConvBN(cfg.model_dim, 1, relu=False, dtype=dtype, name=f'{name}_reduce')(streams[name], train)
+      reduced = projection(cfg.model_dim, name=f'{name}_reduce')(streams[name], train)
       self.sow('intermediates', f'{name}_reduced', reduced)
       sequences[name] = reduced.reshape(batch, height * width, cfg.model_dim)
     if cfg.bridge == 'direct':
@@ -120,6 +123,6 @@ class LanguageBridgedDuplexTransfer(nn.Module):
       transferred = sequences[name].reshape(batch, height, width, cfg.model_dim)
       self.sow('intermediates', f'{name}_transferred', transferred)
       # Back to the encoder width, residual connection and ReLU.
-      up = ConvBN(streams[name].shape[-1], 1, relu=False, dtype=dtype, name=f'{name}_up')(transferred, train)
+      up = projection(streams[name].shape[-1], name=f'{name}_up')(transferred, train)
       outputs[name] = nn.relu(streams[name] + up)
     return outputs

@@ -5,6 +5,7 @@ layer1-layer4 (stage 2 starts with the 3x3/2 max-pool). Parameter names follow t
 ImageNet and LBDT checkpoints map one to one.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -18,18 +19,18 @@ class BasicBlock(nn.Module):
   stride: int
   downsample: bool
   dtype: Any
+  cpu_kernel_gradients: bool
   expansion = 1
 
   @nn.compact
   def __call__(self, x, train: bool):
+    conv = functools.partial(Conv, dtype=self.dtype, cpu_kernel_gradients=self.cpu_kernel_gradients)
+    bn = functools.partial(BatchNorm, dtype=self.dtype)
     identity = x
-    y = nn.relu(BatchNorm(dtype=self.dtype, name='bn1')(
-        Conv(self.planes, 3, self.stride, dtype=self.dtype, name='conv1')(x), train))
-    y = BatchNorm(dtype=self.dtype, name='bn2')(
-        Conv(self.planes, 3, dtype=self.dtype, name='conv2')(y), train)
+    y = nn.relu(bn(name='bn1')(conv(self.planes, 3, self.stride, name='conv1')(x), train))
+    y = bn(name='bn2')(conv(self.planes, 3, name='conv2')(y), train)
     if self.downsample:
-      identity = BatchNorm(dtype=self.dtype, name='downsample_bn')(
-          Conv(self.planes, 1, self.stride, dtype=self.dtype, name='downsample_conv')(x), train)
+      identity = bn(name='downsample_bn')(conv(self.planes, 1, self.stride, name='downsample_conv')(x), train)
     return nn.relu(y + identity)
 
 
@@ -39,20 +40,19 @@ class Bottleneck(nn.Module):
   stride: int
   downsample: bool
   dtype: Any
+  cpu_kernel_gradients: bool
   expansion = 4
 
   @nn.compact
   def __call__(self, x, train: bool):
+    conv = functools.partial(Conv, dtype=self.dtype, cpu_kernel_gradients=self.cpu_kernel_gradients)
+    bn = functools.partial(BatchNorm, dtype=self.dtype)
     identity = x
-    y = nn.relu(BatchNorm(dtype=self.dtype, name='bn1')(
-        Conv(self.planes, 1, dtype=self.dtype, name='conv1')(x), train))
-    y = nn.relu(BatchNorm(dtype=self.dtype, name='bn2')(
-        Conv(self.planes, 3, self.stride, dtype=self.dtype, name='conv2')(y), train))
-    y = BatchNorm(dtype=self.dtype, name='bn3')(
-        Conv(self.planes * 4, 1, dtype=self.dtype, name='conv3')(y), train)
+    y = nn.relu(bn(name='bn1')(conv(self.planes, 1, name='conv1')(x), train))
+    y = nn.relu(bn(name='bn2')(conv(self.planes, 3, self.stride, name='conv2')(y), train))
+    y = bn(name='bn3')(conv(self.planes * 4, 1, name='conv3')(y), train)
     if self.downsample:
-      identity = BatchNorm(dtype=self.dtype, name='downsample_bn')(
-          Conv(self.planes * 4, 1, self.stride, dtype=self.dtype, name='downsample_conv')(x), train)
+      identity = bn(name='downsample_bn')(conv(self.planes * 4, 1, self.stride, name='downsample_conv')(x), train)
     return nn.relu(y + identity)
 
 
@@ -66,7 +66,7 @@ class ResNetEncoder(nn.Module):
     block = Bottleneck if cfg.block_type == 'bottleneck' else BasicBlock
     if cfg.remat:
       block = nn.remat(block, static_argnums=(2,))  # argument 2 is `train` (self is 0)
-    self.conv1 = Conv(cfg.resnet_width, 7, 2, dtype=dtype)
+    self.conv1 = Conv(cfg.resnet_width, 7, 2, dtype=dtype, cpu_kernel_gradients=cfg.cpu_kernel_gradients)
     self.bn1 = BatchNorm(dtype=dtype)
     in_channels = cfg.resnet_width
     layers = []
@@ -76,7 +76,7 @@ class ResNetEncoder(nn.Module):
       blocks = []
       for j in range(num_blocks):
         downsample = j == 0 and (stride != 1 or in_channels != planes * block.expansion)
-        blocks.append(block(planes, stride if j == 0 else 1, downsample, dtype))
+        blocks.append(block(planes, stride if j == 0 else 1, downsample, dtype, cfg.cpu_kernel_gradients))
         in_channels = planes * block.expansion
       layers.append(blocks)
     # Attribute names give torchvision's parameter names: layer1_0, layer1_1, ...
