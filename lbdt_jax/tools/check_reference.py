@@ -190,27 +190,39 @@ def run_case(case_dir: str, *, x64: bool = False, inject_positional_encodings: b
     ours[f'pos_img_stage{stage}'] = np.transpose(
         encodings[f'stage{stage}'] if encodings else sinusoid_2d(size[1], size[2], size[0]), (2, 0, 1))
 
-  report = {'case': os.path.abspath(case_dir), 'mode': mode, 'dtype': dtype,
-            'inject_positional_encodings': inject_positional_encodings, 'tensors': {}, 'skipped': {}}
+  def value_of(base: str):
+    """Our tensor for a stored output's base name, or the reason why there is none."""
+    if base in FLOAT32_OUTPUTS:
+      return ours[base.replace('_f32', '')]
+    if base.startswith('grad/'):
+      return convert.to_torch_layout(rules, {'params': grads}, base[len('grad/'):])
+    if base.startswith(('bn_after/', 'bn_before/')):
+      if base.endswith('.num_batches_tracked'):
+        return 'Flax BatchNorm keeps no step counter'
+      tree = {'batch_stats': state['batch_stats']} if base.startswith('bn_after/') else variables
+      return convert.to_torch_layout(rules, tree, base.split('/', 1)[1])
+    if base in ours:
+      return ours[base]
+    return 'no counterpart in this configuration'
+
+  return build_report(outputs, value_of, case=os.path.abspath(case_dir), mode=mode, dtype=dtype,
+                      inject_positional_encodings=inject_positional_encodings)
+
+
+def build_report(outputs: dict, value_of, *, case: str, mode: str, dtype: str,
+                 inject_positional_encodings: bool) -> dict:
+  """The report on the stored `outputs`: `value_of(base name)` gives our tensor, or a string saying why it is
+  skipped. Every compared tensor's relative error, the tolerances checked, the failures, and whether it passed."""
+  report = {'case': case, 'mode': mode, 'dtype': dtype, 'inject_positional_encodings': inject_positional_encodings,
+            'tensors': {}, 'skipped': {}}
   for key, stored in sorted(outputs.items()):
     base = re.sub(r'__(ch\d+|rows\d+|stats)$', '', key)
-    if base in FLOAT32_OUTPUTS:
-      if dtype != 'float32':
-        report['skipped'][key] = 'output of the reference float32 run; compared in float32 runs'
-        continue
-      value = ours[base.replace('_f32', '')]
-    elif base.startswith('grad/'):
-      value = convert.to_torch_layout(rules, {'params': grads}, base[len('grad/'):])
-    elif base.startswith(('bn_after/', 'bn_before/')):
-      if base.endswith('.num_batches_tracked'):
-        report['skipped'][key] = 'Flax BatchNorm keeps no step counter'
-        continue
-      tree = {'batch_stats': state['batch_stats']} if base.startswith('bn_after/') else variables
-      value = convert.to_torch_layout(rules, tree, base.split('/', 1)[1])
-    elif base in ours:
-      value = ours[base]
-    else:
-      report['skipped'][key] = 'no counterpart in this configuration'
+    if base in FLOAT32_OUTPUTS and dtype != 'float32':
+      report['skipped'][key] = 'output of the reference float32 run; compared in float32 runs'
+      continue
+    value = value_of(base)
+    if isinstance(value, str):
+      report['skipped'][key] = value
       continue
     report['tensors'][key] = compare(key, stored, np.asarray(value, np.float64))
 
@@ -255,6 +267,11 @@ def main(argv=None) -> int:
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(report, f, indent=1)
+  return print_report(report)
+
+
+def print_report(report: dict) -> int:
+  """One line per tensor and a summary line; the exit status (0: passed, 1: a tolerance missed)."""
   width = max(map(len, report['tensors']))
   for key, error in report['tensors'].items():
     tolerance = report['tolerances'].get(key)
@@ -262,7 +279,7 @@ def main(argv=None) -> int:
     print(f'{key:<{width}}  {error:.3e}{flag}')
   for key, reason in report['skipped'].items():
     print(f'{key:<{width}}  skipped: {reason}')
-  print(f'{report["dtype"]}{" +injected encodings" if args.inject_positional_encodings else ""}: '
+  print(f'{report["dtype"]}{" +injected encodings" if report["inject_positional_encodings"] else ""}: '
         f'max {report["max"]:.3e}, max checked {report["max_checked"]:.3e} -> '
         f'{"PASS" if report["passed"] else "FAIL: " + ", ".join(report["failures"])}')
   return 0 if report['passed'] else 1
