@@ -1,5 +1,11 @@
-"""Shared helpers: the tiny config and the reference fixtures (copied from shared/reference)."""
+"""Shared helpers: the tiny config and model, the reference fixtures, prepared synthetic data, XLA settings.
 
+Most of the suite's time is XLA compiling the tiny model's programs. Tests marked `unoptimized` (and the
+subprocesses they start with `UNOPTIMIZED_ENV`) compile without LLVM's expensive passes: several times faster to
+compile, a little slower to run, the same arithmetic.
+"""
+
+import contextlib
 import os
 import pathlib
 import tempfile
@@ -14,12 +20,34 @@ import pytest  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / 'tests' / 'fixtures' / 'reference'
+# For subprocesses of `unoptimized` tests: the same compiler options as the test process, so that they share
+# compiled programs through the cache (and compute bit for bit the same).
+UNOPTIMIZED_ENV = {'JAX_DISABLE_MOST_OPTIMIZATIONS': '1'}
 
 
 def pytest_collection_modifyitems(items):
-  """Tests marked `heavy` go first: pytest-xdist hands tests out in collection order, so long ones at the end
-  would leave one worker running alone."""
+  """Tests marked `heavy` go first: long ones at the end would leave one worker running alone."""
   items.sort(key=lambda item: item.get_closest_marker('heavy') is None)
+
+
+@contextlib.contextmanager
+def unoptimized_xla():
+  """Programs compiled inside compile without LLVM's expensive passes (`jax_disable_most_optimizations`)."""
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_disable_most_optimizations', previous)
+
+
+@pytest.fixture(autouse=True)
+def _unoptimized_xla_when_marked(request):
+  if request.node.get_closest_marker('unoptimized') is None:
+    yield
+  else:
+    with unoptimized_xla():
+      yield
 
 
 def tiny_model_config(**overrides):
@@ -38,15 +66,49 @@ def random_inputs(config, batch=2, height=64, width=64, words=6, seed=0, lengths
   return frame, difference, text, mask
 
 
+def init_model(config, inputs, seed=0):
+  """The model and its initialised variables (a jitted init: an eager one runs op by op, far slower)."""
+  from lbdt_jax.models import LBDT  # pylint: disable=import-outside-toplevel
+  model = LBDT(config)
+  return model, jax.jit(model.init)(jax.random.key(seed), *inputs)
+
+
+def random_like(abstract, seed=0, like=None):
+  """Random values of the shapes and dtypes of `abstract` (a tree of flax variables), without compiling an init
+  program: kernels ~ N(0, 1/fan-in), biases and statistics near zero, scales and variances near one. With `like`,
+  every leaf that `like` has at the same path and shape is taken from it."""
+  rng = np.random.default_rng(seed)
+
+  def value(path, leaf):
+    shared = like
+    for key in path:
+      shared = shared.get(key.key) if isinstance(shared, dict) else None
+    if shared is not None and shared.shape == leaf.shape:
+      return shared
+    name, noise = path[-1].key, rng.standard_normal(leaf.shape)
+    if name in ('scale', 'var'):
+      return (1 + 0.1 * np.abs(noise)).astype(leaf.dtype)
+    if name == 'mean' or name.endswith('bias'):
+      return (0.1 * noise).astype(leaf.dtype)
+    return (noise / np.sqrt(max(1, np.prod(leaf.shape[:-1])))).astype(leaf.dtype)
+  return jax.tree_util.tree_map_with_path(value, abstract)
+
+
+def random_variables(config, seed=0, like=None):
+  """`random_like` for the variables of an LBDT of `config`."""
+  from lbdt_jax.model_dir import abstract_variables  # pylint: disable=import-outside-toplevel
+  return random_like(abstract_variables(config), seed, like)
+
+
 @pytest.fixture
 def tiny_config():
   return tiny_model_config()
 
 
-def init_model(config, inputs, seed=0):
-  from lbdt_jax.models import LBDT
-  model = LBDT(config)
-  return model, model.init(jax.random.key(seed), *inputs)
+@pytest.fixture(scope='session')
+def tiny_variables():
+  """Random variables of the tiny model (configs/tiny.py)."""
+  return random_variables(tiny_model_config())
 
 
 @pytest.fixture(scope='session')
@@ -59,3 +121,14 @@ def data_dir(tmp_path_factory):
   config.data.data_dir = str(path)
   prepare.prepare(config)
   return str(path)
+
+
+def run_main(*args: str) -> int:
+  """main.py's command line in this process (tests/main_commands.py): its exit status."""
+  import main_commands  # pylint: disable=import-outside-toplevel
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  verbosity = logging.get_verbosity()
+  try:
+    return main_commands.run(list(args), capture=False)['status']
+  finally:
+    logging.set_verbosity(verbosity)
