@@ -1,6 +1,7 @@
 """Model behaviour: parameter counts, gradients, ablation switches, input sizes, padding-only sentences."""
 
 import dataclasses
+import functools
 import json
 import re
 
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REFERENCE, init_model, random_inputs, tiny_model_config
+from conftest import REFERENCE, random_inputs, random_like, random_variables, tiny_model_config
 from lbdt_jax.model_dir import abstract_variables
 from lbdt_jax.models import LBDT, LBDTConfig
 
@@ -40,8 +41,14 @@ def test_parameter_count_equals_reference(num_layers):
   assert ours == reference_used_parameter_count(num_layers)
 
 
-def loss_and_grads(config, inputs, seed=0):
-  model, variables = init_model(config, inputs, seed)
+def op_by_op(test):
+  """Tests that run the tiny model op by op share one xdist worker: each operation is compiled once there and
+  reused by every variant (a jitted program per variant would compile all of them again)."""
+  return pytest.mark.unoptimized(pytest.mark.xdist_group('tiny_model_op_by_op')(test))
+
+
+def gradients(config, variables, inputs):
+  model = LBDT(config)
 
   def loss(params):
     logits, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, *inputs, train=True,
@@ -51,11 +58,12 @@ def loss_and_grads(config, inputs, seed=0):
   return jax.grad(loss)(variables['params'])
 
 
+@op_by_op
 @pytest.mark.parametrize('overrides', [{}, {'share_direction_weights': False}, {'bridge': 'direct'},
                                        {'temporal_encoder': False}])
 def test_gradient_reaches_every_parameter_in_train_mode(overrides):
   config = tiny_model_config(**overrides)
-  grads = loss_and_grads(config, random_inputs(config))
+  grads = gradients(config, random_variables(config), random_inputs(config))
   dead = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(grads)
           if not np.any(np.asarray(g) != 0)]
   assert not dead
@@ -76,41 +84,33 @@ SWITCHES = {
 }
 
 
+@op_by_op
 @pytest.mark.parametrize('name', SWITCHES)
-def test_each_switch_changes_the_computation(name):
+def test_each_switch_changes_the_computation(name, tiny_config, tiny_variables):
   """The variant reuses every default variable it shares (same path and shape), so a different output comes
   from a different computation, not merely from other weights."""
-  base = tiny_model_config()
-  inputs = random_inputs(base)
-  model, variables = init_model(base, inputs)
-  reference = model.apply(variables, *inputs)
-  variant = LBDT(dataclasses.replace(base, **SWITCHES[name]))
-  own = variant.init(jax.random.key(1), *inputs)
-  shared = jax.tree_util.tree_map_with_path(lambda path, x: _shared_or(variables, path, x), own)
-  output = variant.apply(shared, *inputs)
+  inputs = random_inputs(tiny_config)
+  reference = LBDT(tiny_config).apply(tiny_variables, *inputs)
+  variant = dataclasses.replace(tiny_config, **SWITCHES[name])
+  output = LBDT(variant).apply(random_variables(variant, seed=1, like=tiny_variables), *inputs)
   assert output.shape == reference.shape and np.all(np.isfinite(output))
   assert not np.allclose(output, reference, atol=1e-5)
 
 
-def _shared_or(tree, path, fallback):
-  for key in path:
-    if not isinstance(tree, dict) or key.key not in tree:
-      return fallback
-    tree = tree[key.key]
-  return tree if tree.shape == fallback.shape else fallback
-
-
-def test_dropout_is_active_in_training_and_off_in_eval(tiny_config):
+@op_by_op
+def test_dropout_is_active_in_training_and_off_in_eval(tiny_config, tiny_variables):
   inputs = random_inputs(tiny_config)
-  model, variables = init_model(tiny_config, inputs)
-  run = lambda key: model.apply(variables, *inputs, train=True, rngs={'dropout': key}, mutable=['batch_stats'])[0]
+  model = LBDT(tiny_config)
+  run = lambda key: model.apply(tiny_variables, *inputs, train=True, rngs={'dropout': key},
+                                mutable=['batch_stats'])[0]
   assert not np.allclose(run(jax.random.key(1)), run(jax.random.key(2)))
   np.testing.assert_array_equal(run(jax.random.key(1)), run(jax.random.key(1)))
-  np.testing.assert_array_equal(model.apply(variables, *inputs), model.apply(variables, *inputs))
+  np.testing.assert_array_equal(model.apply(tiny_variables, *inputs), model.apply(tiny_variables, *inputs))
 
 
-def test_non_square_inputs_and_no_retrace_for_repeated_shapes(tiny_config):
-  model, variables = init_model(tiny_config, random_inputs(tiny_config))
+@pytest.mark.unoptimized
+def test_non_square_inputs_and_no_retrace_for_repeated_shapes(tiny_config, tiny_variables):
+  model = LBDT(tiny_config)
 
   @jax.jit
   @chex.assert_max_traces(n=2)
@@ -119,50 +119,51 @@ def test_non_square_inputs_and_no_retrace_for_repeated_shapes(tiny_config):
 
   for height, width in ((64, 96), (64, 96), (96, 32), (96, 32), (64, 96)):
     inputs = random_inputs(tiny_config, height=height, width=width)
-    assert apply(variables, *inputs).shape == (2, height, width)
+    assert apply(tiny_variables, *inputs).shape == (2, height, width)
 
 
 @pytest.mark.parametrize('height, width', [(64, 80), (50, 64)])
-def test_sizes_that_are_not_multiples_of_32_are_rejected(tiny_config, height, width):
-  model, variables = init_model(tiny_config, random_inputs(tiny_config))
+def test_sizes_that_are_not_multiples_of_32_are_rejected(tiny_config, tiny_variables, height, width):
   with pytest.raises(ValueError, match='multiples of 32'):
-    model.apply(variables, *random_inputs(tiny_config, height=height, width=width))
+    jax.eval_shape(LBDT(tiny_config).apply, tiny_variables, *random_inputs(tiny_config, height=height, width=width))
 
 
-def test_wrong_shapes_are_rejected_with_names(tiny_config):
+def test_wrong_shapes_are_rejected_with_names(tiny_config, tiny_variables):
   frame, difference, words, mask = random_inputs(tiny_config)
-  model, variables = init_model(tiny_config, (frame, difference, words, mask))
+  apply = functools.partial(jax.eval_shape, LBDT(tiny_config).apply, tiny_variables)
   with pytest.raises(ValueError, match='word_mask'):
-    model.apply(variables, frame, difference, words, mask[:, :3])
+    apply(frame, difference, words, mask[:, :3])
   with pytest.raises(ValueError, match='words must be'):
-    model.apply(variables, frame, difference, words[..., :10], mask)
+    apply(frame, difference, words[..., :10], mask)
   with pytest.raises(ValueError, match='frame_difference'):
-    model.apply(variables, frame, difference[:, :32], words, mask)
+    apply(frame, difference[:, :32], words, mask)
 
 
-def test_sentence_of_padding_only_is_finite_and_attends_to_all_positions(tiny_config):
+@op_by_op
+def test_sentence_of_padding_only_is_finite_and_attends_to_all_positions(tiny_config, tiny_variables):
   """The reference gives NaN here; we define it as attending to all N positions."""
   frame, difference, words, mask = random_inputs(tiny_config)
-  model, variables = init_model(tiny_config, (frame, difference, words, mask))
+  model = LBDT(tiny_config)
   empty = mask.copy()
   empty[1] = 0
-  out = model.apply(variables, frame, difference, words, empty)
+  out = model.apply(tiny_variables, frame, difference, words, empty)
   assert np.all(np.isfinite(out))
   everything = mask.copy()
   everything[1] = 1
-  np.testing.assert_allclose(out[1], model.apply(variables, frame, difference, words, everything)[1], atol=1e-6)
-  np.testing.assert_allclose(out[0], model.apply(variables, frame, difference, words, mask)[0], atol=1e-6)
+  np.testing.assert_allclose(out[1], model.apply(tiny_variables, frame, difference, words, everything)[1],
+                             atol=1e-6)
+  np.testing.assert_allclose(out[0], model.apply(tiny_variables, frame, difference, words, mask)[0], atol=1e-6)
 
 
-def test_bfloat16_computes_in_bfloat16_with_float32_parameters(tiny_config):
+@pytest.mark.unoptimized
+def test_bfloat16_computes_in_bfloat16_with_float32_parameters(tiny_config, tiny_variables):
   config = dataclasses.replace(tiny_config, dtype='bfloat16')
   inputs = random_inputs(config)
-  model, variables = init_model(config, inputs)
-  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
-  hlo = jax.jit(model.apply).lower(variables, *inputs).as_text()
-  assert 'bf16' in hlo
-  out32 = LBDT(tiny_config).apply(variables, *inputs)
-  out16 = model.apply(variables, *inputs)
+  lowered = jax.jit(LBDT(config).apply).lower(tiny_variables, *inputs)
+  assert 'bf16' in lowered.as_text()
+  out16 = lowered.compile()(tiny_variables, *inputs)
+  assert out16.dtype == jnp.bfloat16
+  out32 = jax.jit(LBDT(tiny_config).apply)(tiny_variables, *inputs)
   assert np.linalg.norm(out16 - out32) / np.linalg.norm(out32) < 5e-2
 
 
@@ -187,21 +188,21 @@ def test_other_resnet_depths_build(depth):
   assert len([k for k in params if k.startswith('layer3_')]) == {18: 2, 34: 6, 101: 23}[depth]
 
 
+@pytest.mark.unoptimized
 def test_remat_recomputes_without_changing_parameters_or_gradients():
   """remat=True checkpoints the encoder blocks: same parameters, same gradients (x64), 'remat' in the program."""
   from lbdt_jax.models.resnet import ResNetEncoder  # pylint: disable=import-outside-toplevel
 
   def gradients_and_program(remat):
-    config = tiny_model_config(dtype='float64', remat=remat)
-    encoder = ResNetEncoder(config)
+    encoder = ResNetEncoder(tiny_model_config(dtype='float64', remat=remat))
     frame = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 64, 3)))
-    variables = encoder.init(jax.random.key(0), frame)
+    variables = random_like(jax.eval_shape(encoder.init, jax.random.key(0), frame))
 
     def loss(params):
       outputs, _ = encoder.apply({'params': params, 'batch_stats': variables['batch_stats']}, frame, train=True,
                                  mutable=['batch_stats'])
       return sum(jnp.sum(jnp.sin(x)) for x in outputs)
-    return jax.grad(loss)(variables['params']), str(jax.make_jaxpr(jax.grad(loss))(variables['params']))
+    return jax.jit(jax.grad(loss))(variables['params']), str(jax.make_jaxpr(jax.grad(loss))(variables['params']))
 
   with jax.enable_x64(True):
     (plain, plain_program), (remat, remat_program) = gradients_and_program(False), gradients_and_program(True)
