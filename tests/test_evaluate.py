@@ -1,35 +1,36 @@
 """Evaluation from a model directory on the fake DAVIS and YouTube-VOS releases; configs and the command line."""
 
-import subprocess
-import sys
 import zipfile
 
 import cv2
-import jax
 import numpy as np
 import pytest
 
 import data_fakes as fakes
-from conftest import ROOT
+from conftest import ROOT, run_main
 from configs import default, tiny
 from data_pipeline import glove
 from lbdt_jax import evaluate, model_dir, train
-from lbdt_jax.models import LBDT
+
+
+pytestmark = pytest.mark.unoptimized  # wiring, not numerics: the tiny model compiles several times faster
 
 
 @pytest.fixture(scope='module')
-def model_directory(tmp_path_factory):
-  """A freshly initialised tiny model written as a model directory (what an export or a conversion gives)."""
-  directory = tmp_path_factory.mktemp('model')
+def model_directories(tmp_path_factory, tiny_variables):
+  """Tiny model directories (what an export or a conversion gives) whose masks are known: the logits' bias moved
+  far below or above the rest, every pixel is background, or every pixel is foreground."""
   config = tiny.get_config()
   model_config = train.model_config(config)
-  shapes = train._input_shapes(config)
-  inputs = [np.zeros(shape, dtype) for shape, dtype in shapes.values()]
-  words = np.zeros((*inputs[2].shape, model_config.word_dim), np.float32)
-  variables = jax.jit(LBDT(model_config).init)(jax.random.key(0), inputs[0], inputs[1], words, inputs[3])
-  model_dir.write(directory, model_config, variables, table=glove.learned(['a', 'dog', 'car'],
-                                                                          dim=model_config.word_dim))
-  return str(directory)
+  table = glove.learned(['a', 'dog', 'car'], dim=model_config.word_dim)
+  directories = {}
+  for name, bias in (('background', -1e4), ('foreground', 1e4)):
+    directory = tmp_path_factory.mktemp(name)
+    logits = {**tiny_variables['params']['decoder']['logits'], 'bias': np.full((1,), bias, np.float32)}
+    params = {**tiny_variables['params'], 'decoder': {**tiny_variables['params']['decoder'], 'logits': logits}}
+    model_dir.write(directory, model_config, {**tiny_variables, 'params': params}, table=table)
+    directories[name] = str(directory)
+  return directories
 
 
 def evaluation_config(tmp_path, model_directory, dataset, split, write_release):
@@ -43,34 +44,44 @@ def evaluation_config(tmp_path, model_directory, dataset, split, write_release):
   return config
 
 
-def test_davis_j_and_f_per_expression_set(tmp_path, model_directory):
-  config = evaluation_config(tmp_path, model_directory, 'ref_davis17', 'validation', fakes.write_davis)
+def test_davis_j_and_f_per_expression_set(tmp_path, model_directories):
+  """Empty masks everywhere. The validation video (tests/data_fakes.py) has two expressions over its 6 frames:
+  annotator 1's (first-frame set) refers to object 2, present in frames 0-3 only; annotator 2's (full-video set) to
+  object 1, present in all. J and F of a frame are 1 where both masks are empty, 0 where only the prediction is."""
+  config = evaluation_config(tmp_path, model_directories['background'], 'ref_davis17', 'validation',
+                             fakes.write_davis)
   result = evaluate.evaluate(config, str(tmp_path / 'work'))['ref_davis17:validation']
   assert result['num_samples'] == 12
-  assert set(result['per_set']) == {'annotator1_first_frame', 'annotator2_full_video'}
+  per_set = result['per_set']
+  assert set(per_set) == {'annotator1_first_frame', 'annotator2_full_video'}
   for key in ('J', 'F', 'J&F'):
-    assert 0.0 <= result[key] <= 1.0
-  assert result['J&F'] == pytest.approx((result['J'] + result['F']) / 2)
+    assert per_set['annotator1_first_frame'][key] == pytest.approx(2 / 6)  # frames 4 and 5 of 6
+    assert per_set['annotator2_full_video'][key] == 0.0
+    assert result[key] == pytest.approx((2 / 6 + 0) / 2)  # the mean over the sets
 
 
-def test_youtube_vos_validation_becomes_a_submission_zip(tmp_path, model_directory):
-  config = evaluation_config(tmp_path, model_directory, 'ref_youtube_vos', 'validation', fakes.write_youtube_vos)
+def test_youtube_vos_validation_becomes_a_submission_zip(tmp_path, model_directories):
+  config = evaluation_config(tmp_path, model_directories['foreground'], 'ref_youtube_vos', 'validation',
+                             fakes.write_youtube_vos)
   result = evaluate.evaluate(config, str(tmp_path / 'work'))['ref_youtube_vos:validation']
   with zipfile.ZipFile(result['submission']) as archive:
     names = sorted(archive.namelist())
     assert names == [f'Annotations/v_valid/0/{n:05d}.png' for n in (0, 5, 10, 15, 20, 25)]
-    mask = cv2.imdecode(np.frombuffer(archive.read(names[0]), np.uint8), cv2.IMREAD_UNCHANGED)
-  assert mask.shape == (fakes.HEIGHT, fakes.WIDTH) and set(np.unique(mask)) <= {0, 255}
+    masks = [cv2.imdecode(np.frombuffer(archive.read(name), np.uint8), cv2.IMREAD_UNCHANGED) for name in names]
+  for mask in masks:  # every pixel foreground, at the frame's own size
+    assert mask.shape == (fakes.HEIGHT, fakes.WIDTH) and mask.dtype == np.uint8 and (mask == 255).all()
 
 
-def test_reference_protocol_needs_the_reference_ground_truth(tmp_path, model_directory):
-  config = evaluation_config(tmp_path, model_directory, 'ref_youtube_vos', 'train', fakes.write_youtube_vos)
+def test_reference_protocol_needs_the_reference_ground_truth(tmp_path, model_directories):
+  config = evaluation_config(tmp_path, model_directories['background'], 'ref_youtube_vos', 'train',
+                             fakes.write_youtube_vos)
   config.eval.protocol = 'reference'
   with pytest.raises(ValueError, match="mask_resize='bilinear_threshold'"):
     evaluate.evaluate(config, str(tmp_path / 'work'))
   config.data.mask_resize = 'bilinear_threshold'
   result = evaluate.evaluate(config, str(tmp_path / 'work'))['ref_youtube_vos:train']
-  assert result['num_samples'] == 11 and 0.0 <= result['mean_IoU'] <= 1.0
+  # Every sample's object is present and every prediction empty.
+  assert result['num_samples'] == 11 and result['mean_IoU'] < 1e-6 and result['P@0.5'] == 0.0
 
 
 def test_nothing_to_evaluate_is_a_clear_error(tmp_path):
@@ -100,8 +111,7 @@ def test_config_options_for_data_and_evaluation():
     default.get_config('lbdt9')
 
 
-def test_command_line_reports_bad_values(tmp_path):
-  result = subprocess.run([sys.executable, 'main.py', '--config=configs/tiny.py', '--config.model.bridge=words',
-                           f'--workdir={tmp_path}', f'--config.data.data_dir={tmp_path}/tfds'], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-  assert result.returncode != 0 and "bridge='words'" in result.stderr
+def test_command_line_reports_bad_values(tmp_path, capsys):
+  status = run_main(f'--config={ROOT / "configs" / "tiny.py"}', '--config.model.bridge=words',
+                    f'--workdir={tmp_path}', f'--config.data.data_dir={tmp_path}/tfds')
+  assert status == 1 and "bridge='words'" in capsys.readouterr().err
