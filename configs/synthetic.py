@@ -10,7 +10,6 @@ from configs import default
 def get_config(options: str = 'lbdt1'):
   config = default.get_config(options)
   config.model.update(resnet_depth=18, resnet_width=16, model_dim=64, num_heads=4, ffn_dim=64, decoder_dim=32)
-  config.model.cpu_kernel_gradients = True  # sized for CPUs: matmul kernel gradients are faster there
   config.input_height = config.input_width = 96
   config.max_words = 8
   config.data = default.data_config(

@@ -8,7 +8,6 @@ def get_config(options: str = 'lbdt1'):
   config.model.update(resnet_depth=18, resnet_width=8, resnet_blocks=(1, 1, 1, 1), model_dim=32,
                       num_heads=4, ffn_dim=32, decoder_dim=16)
   config.model.word_dim = 16
-  config.model.cpu_kernel_gradients = True
   config.input_height = config.input_width = 64
   config.max_words = 6
   config.data = default.data_config(train='synthetic_rvos:train', evaluate=('synthetic_rvos:validation',))

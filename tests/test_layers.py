@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REFERENCE, init_model, random_inputs, tiny_model_config
-from lbdt_jax.models import cpu_kernel_gradients, layers
+from lbdt_jax.models import layers
 from lbdt_jax.models.positional_encoding import sinusoid_1d, sinusoid_2d
 from lbdt_jax.models.text_encoder import TextEncoder
 
@@ -171,54 +171,32 @@ def xla_convolution(x, kernel, stride, padding):
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-@pytest.mark.parametrize('kernel, stride, size, pad, channels', [
-    # windows of the input: 1x1 kernels, maps up to 32x32, strided kernels with 16+ channels
-    (3, 1, 8, 1, 5), (3, 2, 8, 1, 5), (3, 2, 7, 1, 5), (1, 1, 5, 0, 5), (1, 2, 8, 0, 5), (7, 2, 16, 3, 5),
-    (3, 2, 70, 1, 16),
-    (3, 1, 40, 1, 5), (3, 1, 36, 0, 5), (5, 1, 34, 1, 5),  # stride 1 on larger maps: windows of the output gradient
-    # strided with few channels on larger maps: space-to-depth (last: trailing input column cropped)
-    (7, 2, 70, 3, 3), (7, 2, 69, 3, 5), (5, 2, 67, 2, 3), (3, 3, 70, 1, 2), (2, 2, 71, 0, 3)])
-def test_cpu_kernel_gradients_equal_xla_gradients(kernel, stride, size, pad, channels):
-  """Values, input gradient and kernel gradient of the opt-in CPU convolution equal XLA's convolution's, in float64
-  and (the form float32 uses, which float64 skips for strided large maps) for the float32 form applied to float64."""
-  rng = np.random.default_rng(kernel * 100 + stride * 10 + size)
+@pytest.mark.parametrize('kernel, stride, pad', [(3, 2, 1), (3, 1, 1), (7, 2, 3), (1, 2, 0), (1, 1, 0)])
+def test_convolution_values_and_derivatives_equal_xla_convolution(kernel, stride, pad):
+  """`layers.convolution` (1x1 kernels as a dot) has XLA's values, forward-mode and reverse-mode derivatives."""
+  rng = np.random.default_rng(kernel * 10 + stride)
   with jax.enable_x64(True):
-    x = jnp.asarray(rng.standard_normal((2, size, size, channels)))
-    weights = jnp.asarray(rng.standard_normal((kernel, kernel, channels, 4)))
+    x = jnp.asarray(rng.standard_normal((2, 9, 9, 3)))
+    weights = jnp.asarray(rng.standard_normal((kernel, kernel, 3, 4)))
+    tangent = jnp.asarray(rng.standard_normal(x.shape))
+    value, derivative = jax.jvp(lambda x: layers.convolution(x, weights, stride, pad), (x,), (tangent,))
+    np.testing.assert_allclose(value, xla_convolution(x, weights, stride, pad), rtol=1e-12, atol=1e-12)
+    # Linear in x: the directional derivative is the convolution of the tangent.
+    np.testing.assert_allclose(derivative, xla_convolution(tangent, weights, stride, pad), rtol=1e-12, atol=1e-12)
 
     def loss(convolve, x, weights):
       return jnp.sum(jnp.sin(convolve(x, weights, stride, pad)))
 
-    ours = jax.grad(functools.partial(loss, layers.convolution_with_cpu_kernel_gradients), (0, 1))(x, weights)
+    ours = jax.grad(functools.partial(loss, layers.convolution), (0, 1))(x, weights)
     xla = jax.grad(functools.partial(loss, xla_convolution), (0, 1))(x, weights)
     for a, b in zip(ours, xla):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
-    output = layers.convolution_with_cpu_kernel_gradients(x, weights, stride, pad)
-    np.testing.assert_allclose(np.asarray(output), np.asarray(xla_convolution(x, weights, stride, pad)), rtol=1e-12,
-                               atol=1e-12)
-    float32_form = cpu_kernel_gradients.form_for(weights.shape, stride, output.shape[1] * output.shape[2],
-                                                 jnp.float32)
-    kernel_gradient = float32_form(x, jnp.cos(output), weights.shape, stride, pad)  # d sum(sin(y)) / dy = cos(y)
-    np.testing.assert_allclose(np.asarray(kernel_gradient), np.asarray(xla[1]), rtol=1e-12, atol=1e-12)
-
-
-def test_plain_convolution_is_xla_convolution_and_supports_forward_mode():
-  rng = np.random.default_rng(0)
-  with jax.enable_x64(True):
-    for kernel, stride, pad in ((3, 2, 1), (1, 2, 0), (1, 1, 0)):
-      x = jnp.asarray(rng.standard_normal((2, 9, 9, 3)))
-      weights = jnp.asarray(rng.standard_normal((kernel, kernel, 3, 4)))
-      tangent = jnp.asarray(rng.standard_normal(x.shape))
-      value, derivative = jax.jvp(lambda x: layers.convolution(x, weights, stride, pad), (x,), (tangent,))
-      np.testing.assert_allclose(value, xla_convolution(x, weights, stride, pad), rtol=1e-12, atol=1e-12)
-      # Linear in x: the directional derivative is the convolution of the tangent.
-      np.testing.assert_allclose(derivative, xla_convolution(tangent, weights, stride, pad), rtol=1e-12, atol=1e-12)
 
 
 def test_forward_mode_through_the_model_matches_a_finite_difference():
   """jax.jvp through the whole model equals a central difference along a random direction of the frame and the
   reverse-mode derivative along it, in float64."""
-  config = tiny_model_config(dtype='float64', cpu_kernel_gradients=False)
+  config = tiny_model_config(dtype='float64')
   with jax.enable_x64(True):
     inputs = [jnp.asarray(a, jnp.float64 if a.dtype == np.float32 else a.dtype) for a in random_inputs(config)]
     model, variables = init_model(config, inputs)

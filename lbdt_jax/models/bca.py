@@ -42,7 +42,7 @@ class BilateralChannelActivation(nn.Module):
       for gate in gates[name]:
         x = x * gate[:, None, None, :]
       activated.append(x)
-    fusion = ConvBN(cfg.decoder_dim, 3, dtype=dtype, cpu_kernel_gradients=cfg.cpu_kernel_gradients, name='fusion')
+    fusion = ConvBN(cfg.decoder_dim, 3, dtype=dtype, name='fusion')
     return fusion(jnp.concatenate(activated, -1), train)
 
 
@@ -55,7 +55,7 @@ class Decoder(nn.Module):
   def __call__(self, pyramids, sentence, *, train: bool):
     cfg = self.config
     dtype = cfg.compute_dtype
-    conv_bn = functools.partial(ConvBN, cfg.decoder_dim, 3, dtype=dtype, cpu_kernel_gradients=cfg.cpu_kernel_gradients)
+    conv_bn = functools.partial(ConvBN, cfg.decoder_dim, 3, dtype=dtype)
     decoded = {}
     for name, features in pyramids.items():
       height, width = features[0].shape[1:3]
@@ -69,6 +69,6 @@ class Decoder(nn.Module):
     self.sow('intermediates', 'fused', x)
     for index in range(cfg.decoder_tower_depth):
       x = conv_bn(name=f'tower{index}')(x, train)
-    logits = Conv(1, 1, use_bias=True, dtype=dtype, cpu_kernel_gradients=cfg.cpu_kernel_gradients, name='logits')(x)
+    logits = Conv(1, 1, use_bias=True, dtype=dtype, name='logits')(x)
     self.sow('intermediates', 'low_resolution_logits', logits)
     return aligned_bilinear(logits, 4)[..., 0]

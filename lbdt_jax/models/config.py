@@ -47,12 +47,9 @@ class LBDTConfig:
   # Recompute each encoder block's activations in the backward pass instead of storing them (less memory for
   # large batches, about a third more encoder compute). Does not change the parameters or the results.
   remat: bool = False
-  # Convolution kernel gradients as matmuls on CPU (`cpu_kernel_gradients.py`): faster on the small CPU configs,
-  # same values; no effect on other platforms.
-  cpu_kernel_gradients: bool = False
 
   # Settings that change how the model computes, not what it is (a checkpoint serves any of them).
-  EXECUTION_FIELDS = ('dtype', 'remat', 'cpu_kernel_gradients')
+  EXECUTION_FIELDS = ('dtype', 'remat')
 
   def __post_init__(self):
     problems = []

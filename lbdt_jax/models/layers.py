@@ -8,8 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lbdt_jax.models import cpu_kernel_gradients
-
 # torch.nn.Linear's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 torch_linear_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
 # torchvision's ResNet convolution initialisation.
@@ -30,9 +28,6 @@ def convolution(x, kernel, stride: int, padding: int):
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-convolution_with_cpu_kernel_gradients = cpu_kernel_gradients.with_cpu_kernel_gradients(convolution)
-
-
 class Conv(nn.Module):
   """A square convolution with PyTorch's symmetric `padding=kernel // 2` (parameters named as `nn.Conv`'s).
 
@@ -45,14 +40,12 @@ class Conv(nn.Module):
   use_bias: bool = False
   dtype: Any = jnp.float32
   kernel_init: Any = kaiming_fan_out
-  cpu_kernel_gradients: bool = False  # LBDTConfig.cpu_kernel_gradients
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', self.kernel_init, (self.kernel, self.kernel, x.shape[-1], self.features),
                         jnp.float32)
-    convolve = convolution_with_cpu_kernel_gradients if self.cpu_kernel_gradients else convolution
-    y = convolve(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.kernel // 2)
+    y = convolution(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.kernel // 2)
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
     return y
@@ -113,12 +106,10 @@ class ConvBN(nn.Module):
   kernel: int
   relu: bool = True
   dtype: Any = jnp.float32
-  cpu_kernel_gradients: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = Conv(self.features, self.kernel, dtype=self.dtype, cpu_kernel_gradients=self.cpu_kernel_gradients,
-             name='conv')(x)
+    x = Conv(self.features, self.kernel, dtype=self.dtype, name='conv')(x)
     x = BatchNorm(dtype=self.dtype, name='bn')(x, train)
     return nn.relu(x) if self.relu else x
 

@@ -95,8 +95,7 @@ class LanguageBridgedDuplexTransfer(nn.Module):
     involved = sorted(set(targets) | set(targets.values()))
     batch, height, width, _ = streams['spatial'].shape
     # Eq. 1: 1x1 conv + BN to the model width, then flatten row-major to [B, h*w, C_m].
-    projection = functools.partial(ConvBN, kernel=1, relu=False, dtype=dtype,
-                                   cpu_kernel_gradients=cfg.cpu_kernel_gradients)
+    projection = functools.partial(ConvBN, kernel=1, relu=False, dtype=dtype)
     sequences = {}
     for name in involved:
       reduced = projection(cfg.model_dim, name=f'{name}_reduce')(streams[name], train)

@@ -19,12 +19,11 @@ class BasicBlock(nn.Module):
   stride: int
   downsample: bool
   dtype: Any
-  cpu_kernel_gradients: bool
   expansion = 1
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(Conv, dtype=self.dtype, cpu_kernel_gradients=self.cpu_kernel_gradients)
+    conv = functools.partial(Conv, dtype=self.dtype)
     bn = functools.partial(BatchNorm, dtype=self.dtype)
     identity = x
     y = nn.relu(bn(name='bn1')(conv(self.planes, 3, self.stride, name='conv1')(x), train))
@@ -40,12 +39,11 @@ class Bottleneck(nn.Module):
   stride: int
   downsample: bool
   dtype: Any
-  cpu_kernel_gradients: bool
   expansion = 4
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(Conv, dtype=self.dtype, cpu_kernel_gradients=self.cpu_kernel_gradients)
+    conv = functools.partial(Conv, dtype=self.dtype)
     bn = functools.partial(BatchNorm, dtype=self.dtype)
     identity = x
     y = nn.relu(bn(name='bn1')(conv(self.planes, 1, name='conv1')(x), train))
@@ -66,7 +64,7 @@ class ResNetEncoder(nn.Module):
     block = Bottleneck if cfg.block_type == 'bottleneck' else BasicBlock
     if cfg.remat:
       block = nn.remat(block, static_argnums=(2,))  # argument 2 is `train` (self is 0)
-    self.conv1 = Conv(cfg.resnet_width, 7, 2, dtype=dtype, cpu_kernel_gradients=cfg.cpu_kernel_gradients)
+    self.conv1 = Conv(cfg.resnet_width, 7, 2, dtype=dtype)
     self.bn1 = BatchNorm(dtype=dtype)
     in_channels = cfg.resnet_width
     layers = []
@@ -76,7 +74,7 @@ class ResNetEncoder(nn.Module):
       blocks = []
       for j in range(num_blocks):
         downsample = j == 0 and (stride != 1 or in_channels != planes * block.expansion)
-        blocks.append(block(planes, stride if j == 0 else 1, downsample, dtype, cfg.cpu_kernel_gradients))
+        blocks.append(block(planes, stride if j == 0 else 1, downsample, dtype))
         in_channels = planes * block.expansion
       layers.append(blocks)
     # Attribute names give torchvision's parameter names: layer1_0, layer1_1, ...
