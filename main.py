@@ -40,6 +40,8 @@ flags.DEFINE_integer('attention_stage', 5, '--mode=predict --attention: encoder 
 flags.DEFINE_integer('attention_layer', 0, '--mode=predict --attention: LBDT layer within the stage.')
 flags.DEFINE_list('attention_frames', [], '--mode=predict --attention: frame indices (default: frame δ).')
 flags.DEFINE_string('glove_path', None, '--mode=predict: GloVe file to look up words a GloVe model lacks.')
+flags.DEFINE_bool('serving', False, '--mode=predict: run the model directory\'s serving artefact (serving/, '
+                  'written by --mode=export; jax.export, no model code) instead of the model code. No --attention.')
 flags.DEFINE_bool('allow_unreadable_frames', False, '--mode=predict: skip the frames of a damaged video that '
                   'cannot be decoded (with a warning) instead of stopping with an error.')
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (auto-detected cluster).')
@@ -119,7 +121,7 @@ def run(config) -> None:
                     attention=FLAGS.attention, attention_stage=FLAGS.attention_stage,
                     attention_layer=FLAGS.attention_layer,
                     attention_frames=tuple(int(f) for f in FLAGS.attention_frames), glove_path=FLAGS.glove_path,
-                    allow_unreadable_frames=FLAGS.allow_unreadable_frames)
+                    allow_unreadable_frames=FLAGS.allow_unreadable_frames, serving=FLAGS.serving)
     return
   if not FLAGS.workdir:
     raise app.UsageError(f'--mode={FLAGS.mode} needs --workdir')

@@ -4,7 +4,9 @@ Frames are streamed from a video file (anything OpenCV reads) or a folder of ima
 the frame δ earlier (clamped at the start) and resized to the model's input size as in training, and every
 (frame, sentence) pair of a batch goes through one jitted call. Probabilities are brought back to the frame's own
 size. Everything (model, sentences, options, every frame, the output folder) is checked before anything is
-written. Written to the output folder (local or a bucket):
+written. The model code runs the model directory's orbax parameters; with `serving=True` (`--serving`) the
+directory's serving artefact (`lbdt_jax.serving`, written by `--mode=export`) runs instead: the same masks, without
+attention maps. Written to the output folder (local or a bucket):
 
   masks/<k>_<sentence>/<frame>.png   binary masks (0/255) per sentence and frame
   overlay.mp4, overlay.gif           every sentence's mask in its own colour, sentences as captions (H.264 mp4)
@@ -33,6 +35,7 @@ from etils import epath
 
 from data_pipeline import glove, normalisation, tokenizer
 from lbdt_jax import inference, model_dir, paths, visualize
+from lbdt_jax import serving as serving_artefact
 from lbdt_jax.models import LBDT
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
@@ -45,6 +48,20 @@ def load_model(directory) -> model_dir.ModelDirectory:
   """A model directory written by `--mode=export`, by training (workdir/export) or by `--mode=convert` (with a
   word table)."""
   return model_dir.read(directory)
+
+
+def load_serving(directory) -> tuple[model_dir.ModelDirectory, serving_artefact.ServingModel]:
+  """A local model directory's serving artefact, with its word table, model config and the artefact's input
+  constants as a `ModelDirectory` without parameters (the orbax parameters are not read)."""
+  directory = paths.path(directory)
+  if paths.is_remote(directory):
+    raise ValueError(f'The serving artefact is read from a local model directory: copy {directory} first, or run '
+                     'the model code (without --serving)')
+  served = serving_artefact.load(directory)
+  table = glove.WordTable.load(directory / model_dir.WORD_TABLE_FILE)
+  manifest = {**model_dir.read_manifest(directory), 'input_size': list(served.input_size), 'delta': served.delta,
+              'max_words': served.max_words}
+  return model_dir.ModelDirectory(model_dir.read_model_config(directory), None, table, manifest, directory), served
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -234,17 +251,22 @@ def _slug(text: str) -> str:
 
 def predict(model_directory, video, sentences: list[str], output_dir, *, batch_size: int = 8,
             delta: int | None = None, attention: bool = False, attention_stage: int = 5, attention_layer: int = 0,
-            attention_frames: tuple[int, ...] = (), glove_path=None, allow_unreadable_frames: bool = False) -> dict:
+            attention_frames: tuple[int, ...] = (), glove_path=None, allow_unreadable_frames: bool = False,
+            serving: bool = False) -> dict:
   """Segments every frame of `video` for each sentence; returns the summary also written to predictions.json.
 
   Frames that cannot be decoded (a damaged video) are an error unless `allow_unreadable_frames`: then they are
-  skipped with a warning and listed in the summary.
+  skipped with a warning and listed in the summary. `serving`: run the model directory's serving artefact
+  (serving/, written by --mode=export) instead of the model code (no attention maps).
   """
   if batch_size < 1:
     raise ValueError(f'batch_size must be positive, got {batch_size}')
   if delta is not None and delta < 1:
     raise ValueError(f'delta must be positive, got {delta}')
-  loaded = load_model(model_directory)
+  if serving and attention:
+    raise ValueError('The serving artefact computes probabilities only: attention maps need the model code (drop '
+                     '--serving)')
+  loaded, served = load_serving(model_directory) if serving else (load_model(model_directory), None)
   if glove_path:
     extend_with_glove(loaded, sentences, glove_path)
   word_ids, word_mask, tokens = encode_sentences(sentences, loaded)
@@ -255,7 +277,7 @@ def predict(model_directory, video, sentences: list[str], output_dir, *, batch_s
   with FrameReader(video, allow_unreadable_frames) as frames:
     paths.check_writable(output_dir)
     return _predict(loaded, frames, sentences, word_ids, word_mask, tokens, output_dir, batch_size, delta,
-                    attention, attention_stage, attention_layer, attention_frames)
+                    attention, attention_stage, attention_layer, attention_frames, served)
 
 
 def _check_attention(config, stage: int, layer: int) -> None:
@@ -269,13 +291,20 @@ def _check_attention(config, stage: int, layer: int) -> None:
 
 
 def _predict(loaded, frames: FrameReader, sentences, word_ids, word_mask, tokens, output_dir: epath.Path,
-             batch_size, delta, attention, attention_stage, attention_layer, attention_frames) -> dict:
+             batch_size, delta, attention, attention_stage, attention_layer, attention_frames,
+             served: serving_artefact.ServingModel | None = None) -> dict:
   height, width = loaded.input_size
-  model = LBDT(loaded.model_config)
-  params = jax.device_put({'model': loaded.variables['params'], 'word_vectors': loaded.table.vectors})
-  batch_stats = jax.device_put(loaded.variables['batch_stats'])
   count = len(sentences)
-  compiled = jax.jit(functools.partial(inference.probabilities, model), static_argnums=3)
+  if served is None:
+    model = LBDT(loaded.model_config)
+    params = jax.device_put({'model': loaded.variables['params'], 'word_vectors': loaded.table.vectors})
+    batch_stats = jax.device_put(loaded.variables['batch_stats'])
+    compiled = jax.jit(functools.partial(inference.probabilities, model), static_argnums=3)
+    run = lambda inputs, capture: compiled(params, batch_stats, inputs, capture)
+  else:  # the word table may have grown from GloVe: the artefact takes any vocabulary size
+    vectors = jax.device_put(loaded.table.vectors)
+    run = lambda inputs, capture: served.probabilities(*(inputs[key] for key in inference.MODEL_INPUTS),
+                                                       word_vectors=vectors)
   mask_dirs = [output_dir / 'masks' / f'{k}_{_slug(s)}' for k, s in enumerate(sentences)]
   colours = [visualize.COLOURS[k % len(visualize.COLOURS)] for k in range(count)]
   stats = [[] for _ in sentences]
@@ -299,8 +328,7 @@ def _predict(loaded, frames: FrameReader, sentences, word_ids, word_mask, tokens
     inputs = {'frame': np.repeat(frame_batch, count, 0), 'frame_difference': np.repeat(difference, count, 0),
               'word_ids': np.tile(word_ids, (batch_size, 1)), 'word_mask': np.tile(word_mask, (batch_size, 1))}
     capture = attention and any(p[0] in wanted_attention for p in pending)
-    probabilities, captured = compiled(params, batch_stats, inputs, True) if capture else (
-        compiled(params, batch_stats, inputs, False), None)
+    probabilities, captured = run(inputs, True) if capture else (run(inputs, False), None)
     probabilities = np.asarray(probabilities).reshape(batch_size, count, height, width)
     for row, (index, rgb, _, _) in enumerate(pending):
       shown = rgb.copy()
