@@ -240,6 +240,10 @@ def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
 def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
   mesh = sharding.make_mesh(config.mesh.model)
   check_config(config, mesh)
+  lbdt_config = model_config(config)
+  if config.init.checkpoint:  # before anything is prepared or compiled: a model of another architecture is refused
+    model_dir.check_same_architecture(model_dir.read_model_config(config.init.checkpoint), lbdt_config,
+                                      paths.path(config.init.checkpoint))
   prepared = prepare_data(config)
   table = prepare.word_table(prepared)
   sentences = input_pipeline.SentenceTable(prepare.sentences(prepared), table, config.max_words)
@@ -251,7 +255,6 @@ def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
   steps_per_epoch = train_iterator.batches_per_epoch
   total_steps = config.train.num_steps if config.train.num_steps > 0 else config.train.num_epochs * steps_per_epoch
 
-  lbdt_config = model_config(config)
   model = LBDT(lbdt_config)
   state, state_shardings, step_fn, optimizer = create_state_and_step(config, model, mesh, table, steps_per_epoch)
   if config.init.checkpoint or config.init.imagenet:
