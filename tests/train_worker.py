@@ -1,10 +1,22 @@
-"""A few training steps of the tiny config in a fresh process (simulated devices, or one of several processes).
+"""Training steps of the tiny config on simulated devices, or as one of several processes.
 
-  python tests/train_worker.py --data-dir D --workdir W --devices 8 [--batch-norm per_device] [--steps 3]
-      [--coordinator localhost:PORT --num-processes 2 --process-id 0]
+  python tests/train_worker.py --data-dir D --devices 8 --runs RUNS.json --out OUT
+  python tests/train_worker.py --data-dir D --devices 1 --runs RUNS.json --out OUT
+      --coordinator localhost:PORT --num-processes 2 --process-id I [--delay S]
 
-Prints one JSON line: the losses, the step function's compilation count, and parameter checksums; with --workdir
-it also saves a checkpoint of the final state there.
+RUNS.json lists runs, each {"name", "devices" (the first N devices; default all), "steps", "batch_size",
+"model_axis", "batch_norm", "accumulation_steps", "dtype", "adam_eps", "min_sharded_size", "updates", "model"
+(overrides of config.model), "loop"}. A process runs them one after another, each on its own mesh, on the same
+global batches (each process keeps its rows of them), and writes OUT/<name>.<process index>.json (losses, devices,
+processes, parameter checksums, the parameters sharded over the model axis), with "updates" also OUT/<name>.npz
+(the parameter updates of the first step, first/NAME, and of all steps, all/NAME). Several processes build their
+trainer with `train.build_trainer`, whose data preparation and compilation meet at barriers (see `--delay`).
+
+A run with "loop": {"workdir", and config.train overrides} runs the training loop instead,
+`train.train_and_evaluate` (what `main.py` runs), and records the parameter checksums of every checkpoint it saves.
+A run with "toy_per_device": true checks `batch_norm='per_device'` exactly on a toy model (`toy_per_device`).
+
+The train step is wrapped in `chex.assert_max_traces(n=1)`: a second trace (a recompilation) is an error.
 """
 
 import argparse
@@ -16,25 +28,19 @@ import time
 
 parser = argparse.ArgumentParser()
 parser.add_argument('--data-dir', required=True)
-parser.add_argument('--workdir')
-parser.add_argument('--devices', type=int, default=1)
-parser.add_argument('--steps', type=int, default=3)
-parser.add_argument('--batch-size', type=int, default=8)
-parser.add_argument('--batch-norm', default='global')
+parser.add_argument('--devices', type=int, default=1, help='simulated devices of this process')
+parser.add_argument('--runs', required=True)
+parser.add_argument('--out', required=True)
 parser.add_argument('--coordinator')
 parser.add_argument('--num-processes', type=int, default=1)
 parser.add_argument('--process-id', type=int, default=0)
-parser.add_argument('--adam-eps', type=float, default=1e-8)
-parser.add_argument('--model-axis', type=int, default=1)
-parser.add_argument('--accumulation-steps', type=int, default=1)
-parser.add_argument('--dtype', default='float32')
-parser.add_argument('--params-out', help='write the parameter updates here (.npz: first/NAME after step 1, all/NAME after all)')
 parser.add_argument('--delay', type=float, default=0, help='seconds to sleep before building the trainer')
 args = parser.parse_args()
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            f' --xla_force_host_platform_device_count={args.devices}').strip()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import chex  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -43,27 +49,26 @@ if args.coordinator:
 
 from configs import tiny  # noqa: E402
 from data_pipeline import input_pipeline, prepare  # noqa: E402
-from lbdt_jax import checkpointing, paths, sharding, train  # noqa: E402
+from lbdt_jax import checkpointing, sharding, train  # noqa: E402
+from lbdt_jax.models import LBDT  # noqa: E402
 
-config = tiny.get_config()
-config.data.data_dir = args.data_dir
-config.train.batch_size = config.eval.batch_size = args.batch_size
-config.train.batch_norm = args.batch_norm
-config.optimizer.eps = args.adam_eps
-config.mesh.model = args.model_axis
-config.train.accumulation_steps = args.accumulation_steps
-config.model.dtype = args.dtype
-time.sleep(args.delay)
-trainer = train.build_trainer(config)
-# Every process reads the global batches a single process would read and keeps its rows, so that runs with any
-# number of processes see the same data.
-name, split = prepare.parse_dataset_split(config.data.train)
-global_batches = input_pipeline.TrainIterator(
-    trainer.prepared[name], split,
-    input_pipeline.SentenceTable(prepare.sentences(trainer.prepared), trainer.table, config.max_words),
-    input_pipeline.Preprocessing.from_config(config), global_batch_size=args.batch_size, seed=config.seed)
-rows = slice(jax.process_index() * args.batch_size // jax.process_count(),
-             (jax.process_index() + 1) * args.batch_size // jax.process_count())
+DEFAULTS = {'devices': None, 'steps': 3, 'batch_size': 8, 'model_axis': 1, 'batch_norm': 'global',
+            'accumulation_steps': 1, 'dtype': 'float32', 'adam_eps': 1e-8, 'min_sharded_size': None,
+            'updates': False, 'model': {}, 'loop': None, 'toy_per_device': False}
+TRAIN_STEP, MIN_SHARDED_SIZE, SAVE = train.train_step, sharding.MIN_SHARDED_SIZE, checkpointing.save
+
+
+def run_config(run: dict):
+  config = tiny.get_config()
+  config.data.data_dir = args.data_dir
+  config.train.batch_size = config.eval.batch_size = run['batch_size']
+  config.train.batch_norm = run['batch_norm']
+  config.train.accumulation_steps = run['accumulation_steps']
+  config.optimizer.eps = run['adam_eps']
+  config.mesh.model = run['model_axis']
+  config.model.update(dtype=run['dtype'],
+                      **{key: tuple(v) if isinstance(v, list) else v for key, v in run['model'].items()})
+  return config
 
 
 def flatten(params):
@@ -71,33 +76,123 @@ def flatten(params):
           for path, leaf in jax.tree_util.tree_leaves_with_path(sharding.to_host(params))}
 
 
-state, losses, snapshots = trainer.state, [], []
-if args.params_out:
-  snapshots.append(flatten(state.params))  # copied now: the state is donated to the step
-for step in range(args.steps):
-  batch = next(global_batches)
-  state, metrics = trainer.step_fn(state, sharding.global_batch({k: batch[k][rows] for k in train.MODEL_INPUTS},
-                                                                 trainer.mesh))
-  losses.append(float(sharding.to_host(metrics['loss'])))
-  if args.params_out and step == 0:
-    snapshots.append(flatten(state.params))
-if args.workdir:
-  manager = checkpointing.manager(paths.path(args.workdir), config)
-  checkpointing.save(manager, args.steps, state, trainer.train_iterator)
-  manager.wait_until_finished()
-  manager.close()
-flat = flatten(state.params)
-if args.params_out and jax.process_index() == 0:  # the parameter updates of the first step and of all steps
-  start, first = snapshots
-  np.savez(args.params_out, **{f'first/{name}': first[name] - start[name] for name in flat},
-           **{f'all/{name}': flat[name] - start[name] for name in flat})
-print(json.dumps({
-    'losses': losses,
-    'compilations': trainer.step_fn._cache_size(),  # pylint: disable=protected-access
-    'devices': jax.device_count(),
-    'processes': jax.process_count(),
-    'params': {name: float(np.sum(leaf, dtype=np.float64)) for name, leaf in flat.items()},
-}))
+def checksums(params) -> dict[str, float]:
+  return {k: float(np.sum(leaf, dtype=np.float64)) for k, leaf in flatten(params).items()}
+
+
+def loop_run(config, loop: dict) -> dict:
+  saved = {}
+
+  def save(manager, step, state, iterator):
+    saved[step] = checksums(state.params)
+    SAVE(manager, step, state, iterator)
+  checkpointing.save = save
+  config.train.update({k: v for k, v in loop.items() if k != 'workdir'})
+  time.sleep(args.delay)
+  result = train.train_and_evaluate(config, loop['workdir'])
+  return {'stopped_at_step': result.get('stopped_at_step'), 'saved': saved, 'devices': jax.device_count(),
+          'processes': jax.process_count()}
+
+
+def toy_per_device() -> dict:
+  """The loss of `batch_norm='per_device'` over all devices, one example each, on a toy model with BatchNorm,
+  and what it must be: the mean of the losses of each example alone; likewise the BatchNorm statistics."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
+  class Toy(nn.Module):
+    @nn.compact
+    def __call__(self, frame, frame_difference, words, word_mask, train=False):
+      normalised = nn.BatchNorm(use_running_average=not train, momentum=0.5)(frame + frame_difference)
+      return normalised.sum(-1) + (words * word_mask[..., None]).sum((1, 2))[:, None, None]  # logits [B, H, W]
+
+  count = jax.device_count()
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(count, 1), (sharding.DATA, sharding.MODEL))
+  rng = np.random.default_rng(0)
+  batch = {'frame': rng.standard_normal((count, 4, 4, 3)).astype(np.float32),
+           'frame_difference': rng.standard_normal((count, 4, 4, 3)).astype(np.float32),
+           'word_ids': rng.integers(1, 5, (count, 3)).astype(np.int32), 'word_mask': np.ones((count, 3), np.int32),
+           'mask': rng.integers(0, 2, (count, 4, 4)).astype(np.uint8)}
+  model, key = Toy(), jax.random.key(0)
+  variables = model.init(key, batch['frame'], batch['frame_difference'], np.zeros((count, 3, 2), np.float32),
+                         batch['word_mask'])
+  params = {'model': variables['params'], 'word_vectors': rng.standard_normal((5, 2)).astype(np.float32)}
+  per_device_loss, loss_of = train._per_device_forward_loss, train._forward_loss  # pylint: disable=protected-access
+  loss, (stats, _) = jax.jit(per_device_loss(model, mesh))(params, variables['batch_stats'],
+                                                           sharding.global_batch(batch, mesh), key)
+  alone = [loss_of(model, params, variables['batch_stats'], {k: v[i:i + 1] for k, v in batch.items()}, key)
+           for i in range(count)]
+  whole, _ = loss_of(model, params, variables['batch_stats'], batch, key)
+  expected_stats = jax.tree.map(lambda *leaves: np.mean(leaves, axis=0), *[s for _, (s, _) in alone])
+  return {'devices': count, 'loss': float(loss), 'mean_alone': float(np.mean([l for l, _ in alone])),
+          'whole_batch': float(whole),
+          'stats_difference': max(float(np.max(np.abs(np.asarray(a) - b)))
+                                  for a, b in zip(jax.tree.leaves(sharding.to_host(stats)),
+                                                  jax.tree.leaves(expected_stats)))}
+
+
+def train_run(run: dict) -> dict:
+  if run['toy_per_device']:
+    return toy_per_device()
+  config = run_config(run)
+  chex.clear_trace_counter()
+  train.train_step = chex.assert_max_traces(TRAIN_STEP, n=1)  # what create_state_and_step binds
+  sharding.MIN_SHARDED_SIZE = run['min_sharded_size'] or MIN_SHARDED_SIZE
+  if run['loop']:
+    return loop_run(config, run['loop'])
+  if args.num_processes > 1:
+    time.sleep(args.delay)
+    trainer = train.build_trainer(config)  # data preparation and compilation meet at barriers
+    mesh, state, step_fn, prepared, table = (trainer.mesh, trainer.state, trainer.step_fn, trainer.prepared,
+                                             trainer.table)
+  else:
+    devices = np.asarray(jax.devices()[:run['devices'] or jax.device_count()])
+    mesh = jax.sharding.Mesh(devices.reshape(-1, run['model_axis']), (sharding.DATA, sharding.MODEL))
+    train.check_config(config, mesh)
+    prepared = prepare.prepare(config)
+    table = prepare.word_table(prepared)
+  # Every process reads the global batches a single process would read and keeps its rows, so that runs with any
+  # number of processes see the same data.
+  name, split = prepare.parse_dataset_split(config.data.train)
+  global_batches = input_pipeline.TrainIterator(
+      prepared[name], split, input_pipeline.SentenceTable(prepare.sentences(prepared), table, config.max_words),
+      input_pipeline.Preprocessing.from_config(config), global_batch_size=run['batch_size'], seed=config.seed)
+  if args.num_processes == 1:
+    state, _, step_fn, _ = train.create_state_and_step(config, LBDT(train.model_config(config)), mesh, table,
+                                                       global_batches.batches_per_epoch)
+  rows = slice(jax.process_index() * run['batch_size'] // jax.process_count(),
+               (jax.process_index() + 1) * run['batch_size'] // jax.process_count())
+  sharded = sorted(path for path, leaf in flatten_shardings(state.params).items()
+                   if sharding.MODEL in leaf.spec)
+  losses, snapshots = [], [flatten(state.params)] if run['updates'] else []  # copied now: the state is donated
+  for step in range(run['steps']):
+    batch = next(global_batches)
+    state, metrics = step_fn(state, sharding.global_batch({k: batch[k][rows] for k in train.MODEL_INPUTS}, mesh))
+    losses.append(float(sharding.to_host(metrics['loss'])))
+    if run['updates'] and step == 0:
+      snapshots.append(flatten(state.params))
+  flat = flatten(state.params)
+  if run['updates'] and jax.process_index() == 0:
+    start, first = snapshots
+    np.savez(os.path.join(args.out, f'{run["name"]}.npz'), **{f'first/{k}': first[k] - start[k] for k in flat},
+             **{f'all/{k}': flat[k] - start[k] for k in flat})
+  return {'losses': losses, 'devices': int(mesh.devices.size), 'processes': jax.process_count(), 'sharded': sharded,
+          'params': checksums(state.params)}
+
+
+def flatten_shardings(params):
+  return {'/'.join(str(k.key) for k in path): leaf.sharding
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+
+with open(args.runs) as f:
+  runs = [{**DEFAULTS, **run} for run in json.load(f)]
+for run in runs:
+  started = time.time()
+  result = train_run(run)
+  result['seconds'] = time.time() - started
+  with open(os.path.join(args.out, f'{run["name"]}.{jax.process_index()}.json'), 'w') as f:
+    json.dump(result, f)
+  print(f'{run["name"]}: {result["seconds"]:.1f} s', flush=True)
 if args.coordinator:
   # Leave together and now: a process still alive a minute later prints its threads' stacks (a hang at exit
   # would otherwise show only as the other process's shutdown-barrier timeout).
