@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import gcs_server
-from conftest import ROOT
+from conftest import ROOT, UNOPTIMIZED_ENV
 from configs import tiny
 from lbdt_jax import checkpointing, paths
 
@@ -51,17 +51,26 @@ def _files(directory):
                 for root, _, names in os.walk(directory) for name in names)
 
 
-def _main(server, local, *args):
-  result = subprocess.run([sys.executable, str(ROOT / 'main.py'), f'--config={ROOT / "configs" / "tiny.py"}', *args],
-                          cwd=local / 'cwd', env=_environment(server, local), capture_output=True, text=True,
-                          timeout=600)
+def _main_commands(server, local, commands):
+  """main.py's command lines, one after the other in one process (tests/main_commands.py)."""
+  (local / 'commands.json').write_text(json.dumps([[f'--config={ROOT / "configs" / "tiny.py"}', *command]
+                                                   for command in commands]))
+  result = subprocess.run([sys.executable, str(ROOT / 'tests' / 'main_commands.py'), str(local / 'commands.json'),
+                           str(local / 'results.json')], cwd=local / 'cwd',
+                          env={**_environment(server, local), **UNOPTIMIZED_ENV}, capture_output=True, text=True,
+                          timeout=900)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-  return result.stdout
+  results = json.loads((local / 'results.json').read_text())
+  (local / 'commands.json').unlink()
+  (local / 'results.json').unlink()
+  return results
 
 
-@pytest.mark.heavy
-def test_train_resume_evaluate_export_predict_in_a_bucket(server, bucket, data_dir, tmp_path):
-  local = tmp_path
+@pytest.fixture(scope='module')
+def bucket_run(server, bucket, data_dir, tmp_path_factory):
+  """Train, resume, evaluate, export and predict in the bucket, then a run in a bucket that does not exist: the
+  commands of main.py, in one process whose working directory, HOME and TMPDIR are empty local directories."""
+  local = tmp_path_factory.mktemp('local')
   for name in ('cwd', 'home', 'tmp', 'tensorboard'):
     (local / name).mkdir()
   frames = [np.full((40, 56, 3), 30 + 20 * t, np.uint8) for t in range(5)]
@@ -74,16 +83,26 @@ def test_train_resume_evaluate_export_predict_in_a_bucket(server, bucket, data_d
   video.unlink()
   run, common = f'gs://{BUCKET}/run', [f'--config.data.data_dir={data_dir}',
                                         f'--config.train.tensorboard_dir={local / "tensorboard"}']
+  results = _main_commands(server, local, [
+      [f'--workdir={run}', '--config.train.num_steps=2', *common],
+      [f'--workdir={run}', '--config.train.num_steps=4', *common],
+      ['--mode=evaluate', f'--workdir={run}', *common],
+      ['--mode=export', f'--workdir={run}', f'--output=gs://{BUCKET}/model', *common],
+      ['--mode=predict', f'--model=gs://{BUCKET}/model', f'--video=gs://{BUCKET}/videos/clip.mp4',
+       '--sentence=the square', f'--output=gs://{BUCKET}/predictions', '--batch_size=2'],
+      ['--workdir=gs://no-such-bucket/run', *common]])
+  return local, len(frames), results
 
-  _main(server, local, f'--workdir={run}', '--config.train.num_steps=2', *common)
-  resumed = _main(server, local, f'--workdir={run}', '--config.train.num_steps=4', *common)
-  assert 'Resuming from the checkpoint of step 2' in resumed
-  evaluated = _main(server, local, '--mode=evaluate', f'--workdir={run}', *common)
+
+@pytest.mark.heavy
+@pytest.mark.xdist_group('bucket')
+def test_train_resume_evaluate_export_predict_in_a_bucket(bucket_run, bucket):
+  local, frames, results = bucket_run
+  for result in results[:-1]:
+    assert result['status'] == 0, f'main.py {" ".join(result["argv"])}:\n{result["stderr"][-3000:]}'
+  trained, resumed, evaluated = (result['stdout'] for result in results[:3])
+  assert 'Resuming' not in trained and 'Resuming from the checkpoint of step 2' in resumed
   assert 'Evaluating the checkpoint of step 4' in evaluated
-  _main(server, local, '--mode=export', f'--workdir={run}', f'--output=gs://{BUCKET}/model', *common)
-  _main(server, local, '--mode=predict', f'--model=gs://{BUCKET}/model', f'--video=gs://{BUCKET}/videos/clip.mp4',
-        '--sentence=the square', f'--output=gs://{BUCKET}/predictions', '--batch_size=2')
-
   stored = set(bucket.find(BUCKET))
   for name in ('run/checkpoints/2/state/_METADATA', 'run/checkpoints/4/data/metadata', 'run/model_config.json',
                'run/export/manifest.json', 'run/eval/step_4/results.json', 'model/variables/_METADATA',
@@ -92,7 +111,7 @@ def test_train_resume_evaluate_export_predict_in_a_bucket(server, bucket, data_d
     assert f'{BUCKET}/{name}' in stored, name
   results = json.loads(bucket.cat(f'{BUCKET}/run/eval/step_4/results.json'))
   assert results['synthetic_rvos:validation']['num_samples'] > 0
-  assert json.loads(bucket.cat(f'{BUCKET}/predictions/predictions.json'))['frames'] == len(frames)
+  assert json.loads(bucket.cat(f'{BUCKET}/predictions/predictions.json'))['frames'] == frames
   for name in ('cwd', 'tmp'):
     assert _files(local / name) == [], name  # before: ./gs:/lbdt-test/run/... appeared in cwd
   # HOME: only the caches libraries keep there (matplotlib's font list, keras' configuration)
@@ -100,13 +119,11 @@ def test_train_resume_evaluate_export_predict_in_a_bucket(server, bucket, data_d
   assert _files(local / 'tensorboard')  # TensorFlow's GCS client cannot reach the emulator (module docstring)
 
 
-def test_a_missing_bucket_is_named(server, bucket, tmp_path):
-  for name in ('cwd', 'home', 'tmp'):
-    (tmp_path / name).mkdir()
-  result = subprocess.run([sys.executable, str(ROOT / 'main.py'), f'--config={ROOT / "configs" / "tiny.py"}',
-                           '--workdir=gs://no-such-bucket/run'], cwd=tmp_path / 'cwd',
-                          env=_environment(server, tmp_path), capture_output=True, text=True, timeout=600)
-  assert result.returncode != 0 and 'Bucket gs://no-such-bucket' in result.stderr
+@pytest.mark.xdist_group('bucket')
+def test_a_missing_bucket_is_named(bucket_run):
+  missing = bucket_run[2][-1]
+  assert missing['status'] == 1, missing['stderr'][-3000:]
+  assert any(line.startswith('Error: Bucket gs://no-such-bucket') for line in missing['stderr'].splitlines())
 
 
 def test_tensorboard_events_follow_the_work_directory(monkeypatch):
