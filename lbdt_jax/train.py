@@ -268,17 +268,39 @@ def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
 def create_state_and_step(config: ml_collections.ConfigDict, model: LBDT, mesh: jax.sharding.Mesh,
                           table: glove.WordTable, steps_per_epoch: int):
   """The freshly initialised, sharded train state and the jitted `train_step` bound to the config (no data, no
-  checkpoints): `build_trainer` and the benchmarks share it. Returns (state, state shardings, step, optimizer)."""
+  checkpoints): `build_trainer` and the benchmarks share it. Returns (state, state shardings, step, optimizer).
+  Calls with the same settings share their jitted functions (`_programs`), so that a process that builds several
+  trainers (tests, notebooks) traces and compiles them once."""
+  settings = ml_collections.FrozenConfigDict({
+      'seed': config.seed, 'input_height': config.input_height, 'input_width': config.input_width,
+      'max_words': config.max_words, 'optimizer': config.optimizer,
+      'train': {'batch_norm': config.train.batch_norm, 'accumulation_steps': config.train.accumulation_steps}})
+  init, state_shardings, step_fn, optimizer = _programs(settings, model, mesh, table, steps_per_epoch)
+  init_key, _ = jax.random.split(jax.random.key(config.seed))
+  state = init(init_key)
+  word_vectors = sharding.put(table.vectors, state_shardings.params['word_vectors'])
+  state = state.replace(params={**state.params, 'word_vectors': word_vectors})
+  return state, state_shardings, step_fn, optimizer
+
+
+_PROGRAMS = {}
+
+
+def _programs(settings: ml_collections.FrozenConfigDict, model: LBDT, mesh: jax.sharding.Mesh,
+              table: glove.WordTable, steps_per_epoch: int):
+  """(jitted init, state shardings, jitted step, optimizer), from `settings` (the only config fields they
+  depend on) and the word table's kind and shape (its values are put in after the init)."""
+  key = (settings, model, mesh, table.trainable, table.vectors.shape, steps_per_epoch)
+  if key in _PROGRAMS:
+    return _PROGRAMS[key]
+  config = settings
   schedule = learning_rate_schedule(config, steps_per_epoch)
   optimizer = make_optimizer(config, table.trainable)
-  example = {key: np.zeros((1, *shape[1:]), dtype) for key, (shape, dtype) in _input_shapes(config).items()}
+  example = {name: np.zeros((1, *shape[1:]), dtype) for name, (shape, dtype) in _input_shapes(config).items()}
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
   init_fn = functools.partial(init_state, config, model, optimizer, table, local_batch=example)
   abstract_state = jax.eval_shape(init_fn, init_key)
   state_shardings = sharding.state_shardings(mesh, abstract_state)
-  state = jax.jit(init_fn, out_shardings=state_shardings)(init_key)
-  word_vectors = sharding.put(table.vectors, state_shardings.params['word_vectors'])
-  state = state.replace(params={**state.params, 'word_vectors': word_vectors})
   if config.train.batch_norm == 'per_device':
     loss_fn = _per_device_forward_loss(model, mesh)
   elif config.train.batch_norm == 'global':
@@ -287,10 +309,13 @@ def create_state_and_step(config: ml_collections.ConfigDict, model: LBDT, mesh: 
     raise ValueError(f"config.train.batch_norm must be 'global' or 'per_device', got {config.train.batch_norm!r}")
   step = functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
                            dropout_key=dropout_key, accumulation_steps=config.train.accumulation_steps)
-  batch_shardings = {key: sharding.batch_sharding(mesh) for key in MODEL_INPUTS}
+  batch_shardings = {name: sharding.batch_sharding(mesh) for name in MODEL_INPUTS}
   step_fn = jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                     out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
-  return state, state_shardings, step_fn, optimizer
+  if len(_PROGRAMS) >= 8:
+    _PROGRAMS.clear()
+  _PROGRAMS[key] = (jax.jit(init_fn, out_shardings=state_shardings), state_shardings, step_fn, optimizer)
+  return _PROGRAMS[key]
 
 
 def _input_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
