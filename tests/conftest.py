@@ -6,6 +6,7 @@ compile, a little slower to run, the same arithmetic.
 """
 
 import contextlib
+import functools
 import os
 import pathlib
 import tempfile
@@ -20,14 +21,22 @@ import pytest  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / 'tests' / 'fixtures' / 'reference'
+# The tiny model less its second stream and an LBDT stage, for the tests of training, checkpoints, devices and
+# processes: the machinery is under test there, not the model (tests/test_model.py), and it compiles twice as fast.
+TRAINER_MODEL = {'temporal_encoder': False, 'lbdt_stages': (5,)}
+TRAINER_MODEL_FLAGS = ('--config.model.temporal_encoder=False', '--config.model.lbdt_stages=(5,)')
 # For subprocesses of `unoptimized` tests: the same compiler options as the test process, so that they share
 # compiled programs through the cache (and compute bit for bit the same).
 UNOPTIMIZED_ENV = {'JAX_DISABLE_MOST_OPTIMIZATIONS': '1'}
 
 
 def pytest_collection_modifyitems(items):
-  """Tests marked `heavy` go first: long ones at the end would leave one worker running alone."""
-  items.sort(key=lambda item: item.get_closest_marker('heavy') is None)
+  """Tests marked `heavy(seconds)` go first, longest first: pytest-xdist hands out tests (and xdist groups, placed
+  where their first test is) in collection order, and a long one at the end would leave the other worker idle."""
+  def estimate(item):
+    marker = item.get_closest_marker('heavy')
+    return 0 if marker is None else (marker.args[0] if marker.args else 1)
+  items.sort(key=estimate, reverse=True)
 
 
 @contextlib.contextmanager
@@ -39,6 +48,19 @@ def unoptimized_xla():
     yield
   finally:
     jax.config.update('jax_disable_most_optimizations', previous)
+
+
+@pytest.fixture(autouse=True, scope='session')
+def _abstract_variables_once_per_config():
+  """`model_dir.abstract_variables` traces the model's init (seconds for the full model) and depends on the config
+  alone: the test processes compute it once per config (each caller gets its own copy of the tree)."""
+  from lbdt_jax import model_dir  # pylint: disable=import-outside-toplevel
+  original = model_dir.abstract_variables
+  cached = functools.lru_cache(maxsize=None)(lambda config, x64: original(config))
+  model_dir.abstract_variables = lambda config: jax.tree.map(
+      lambda leaf: leaf, cached(config, jax.config.read('jax_enable_x64')))
+  yield
+  model_dir.abstract_variables = original
 
 
 @pytest.fixture(autouse=True)
@@ -96,8 +118,8 @@ def random_like(abstract, seed=0, like=None):
 
 def random_variables(config, seed=0, like=None):
   """`random_like` for the variables of an LBDT of `config`."""
-  from lbdt_jax.model_dir import abstract_variables  # pylint: disable=import-outside-toplevel
-  return random_like(abstract_variables(config), seed, like)
+  from lbdt_jax import model_dir  # pylint: disable=import-outside-toplevel
+  return random_like(model_dir.abstract_variables(config), seed, like)
 
 
 @pytest.fixture
