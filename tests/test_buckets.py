@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import gcs_server
-from conftest import ROOT, UNOPTIMIZED_ENV
+from conftest import ROOT, TRAINER_MODEL_FLAGS, UNOPTIMIZED_ENV
 from configs import tiny
 from lbdt_jax import checkpointing, paths
 
@@ -81,7 +81,7 @@ def bucket_run(server, bucket, data_dir, tmp_path_factory):
   writer.release()
   bucket.put(str(video), f'{BUCKET}/videos/clip.mp4')
   video.unlink()
-  run, common = f'gs://{BUCKET}/run', [f'--config.data.data_dir={data_dir}',
+  run, common = f'gs://{BUCKET}/run', [f'--config.data.data_dir={data_dir}', *TRAINER_MODEL_FLAGS,
                                         f'--config.train.tensorboard_dir={local / "tensorboard"}']
   results = _main_commands(server, local, [
       [f'--workdir={run}', '--config.train.num_steps=2', *common],
@@ -94,7 +94,7 @@ def bucket_run(server, bucket, data_dir, tmp_path_factory):
   return local, len(frames), results
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(100)
 @pytest.mark.xdist_group('bucket')
 def test_train_resume_evaluate_export_predict_in_a_bucket(bucket_run, bucket):
   local, frames, results = bucket_run

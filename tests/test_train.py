@@ -1,5 +1,6 @@
 """The trainer: the train step on a toy model (gradient accumulation, NaN handling); a run of the tiny config
-(outputs, resumption, damaged checkpoints, export, evaluation); SIGTERM and kill -9; devices and processes."""
+(outputs, resumption, damaged checkpoints, export, evaluation); SIGTERM and kill -9; devices and processes. Runs
+use the tiny model less its second stream and an LBDT stage (conftest.TRAINER_MODEL)."""
 
 import functools
 import json
@@ -18,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import ROOT, UNOPTIMIZED_ENV, unoptimized_xla
+from conftest import ROOT, TRAINER_MODEL, TRAINER_MODEL_FLAGS, UNOPTIMIZED_ENV, unoptimized_xla
 from configs import tiny
 from lbdt_jax import checkpointing, evaluate, export, model_dir, sharding, train
 
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.unoptimized  # wiring, not numerics: the tiny model com
 def tiny_config(data_dir, **train_overrides):
   config = tiny.get_config()
   config.data.data_dir = data_dir
+  config.model.update(TRAINER_MODEL)
   config.train.update(train_overrides)
   return config
 
@@ -147,10 +149,18 @@ def test_bad_training_settings_are_named(data_dir, field, value, message):
 trained_run = pytest.mark.xdist_group('trained_run')
 
 
+# The run's length and checkpoints; also what main.py runs in test_sigterm_and_kill_9_then_resume_is_bit_identical.
+STEPS, EVERY = 40, 10
+
+
+def run_config(data_dir, **train_overrides):
+  return tiny_config(data_dir, num_steps=STEPS, checkpoint_every_steps=EVERY, log_every_steps=10, **train_overrides)
+
+
 @pytest.fixture(scope='module')
 def finished_run(data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('run')
-  config = tiny_config(data_dir)
+  config = run_config(data_dir)
   config.eval.update(pictures=4, attention_maps=True)
   with unoptimized_xla():
     results = train.train_and_evaluate(config, str(workdir))
@@ -161,11 +171,11 @@ def checkpoint_steps(workdir):
   return sorted(int(p) for p in os.listdir(workdir / 'checkpoints') if p.isdigit())
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(400)
 @trained_run
 def test_run_writes_checkpoints_export_logs_and_results(finished_run):
   workdir, results = finished_run
-  assert checkpoint_steps(workdir) == [2, 4, 6]
+  assert checkpoint_steps(workdir) == [10, 20, 30, 40]
   for name in ('model_config.json', 'word_table.npz', 'config.json'):
     assert (workdir / 'export' / name).is_file()
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
@@ -180,7 +190,7 @@ def test_run_writes_checkpoints_export_logs_and_results(finished_run):
   for picture in ('predictions.png', 'clip.gif', 'attention_stage5_layer0.png'):
     assert (workdir / 'pictures' / picture).is_file()
   assert results['pictures'][-1].endswith('attention_stage5_layer0.png')
-  saved = json.loads((workdir / 'eval' / 'step_6' / 'results.json').read_text())
+  saved = json.loads((workdir / 'eval' / f'step_{STEPS}' / 'results.json').read_text())
   assert saved['synthetic_rvos:validation']['mean_IoU'] == pytest.approx(validation['mean_IoU'])
 
 
@@ -192,9 +202,10 @@ def test_a_damaged_newest_checkpoint_is_named_and_the_run_resumes_from_the_one_b
   newest = checkpoint_steps(workdir)[-1]
   (workdir / 'checkpoints' / str(newest) / 'state' / '_METADATA').unlink()
   # What a process killed while saving leaves behind: never listed, never restored, removed by the next run.
-  unfinished = workdir / 'checkpoints' / f'{newest + 2}.orbax-checkpoint-tmp-1796000000'
-  shutil.copytree(workdir / 'checkpoints' / str(newest - 2), unfinished)
-  config = tiny_config(data_dir, num_steps=newest + 2, eval_every_steps=newest + 1)
+  unfinished = workdir / 'checkpoints' / f'{newest + EVERY}.orbax-checkpoint-tmp-1796000000'
+  shutil.copytree(workdir / 'checkpoints' / str(newest - EVERY), unfinished)
+  config = run_config(data_dir, eval_every_steps=newest + 1)
+  config.train.num_steps = newest + 2
   with pytest.raises(checkpointing.DamagedCheckpointError,
                      match=rf'step {newest} in .*checkpoints.*restore_previous_if_damaged'):
     train.train_and_evaluate(config, str(workdir))
@@ -204,10 +215,10 @@ def test_a_damaged_newest_checkpoint_is_named_and_the_run_resumes_from_the_one_b
   config.model.num_heads = 4
   config.train.restore_previous_if_damaged = True
   train.train_and_evaluate(config, str(workdir))
-  assert f'Resuming from the checkpoint of step {newest - 2}' in capsys.readouterr().out
+  assert f'Resuming from the checkpoint of step {newest - EVERY}' in capsys.readouterr().out
   assert (workdir / 'checkpoints' / f'{newest}.damaged').is_dir() and not unfinished.exists()
   assert (workdir / 'checkpoints' / str(newest) / 'state' / '_METADATA').is_file()  # trained again and saved
-  assert checkpoint_steps(workdir)[-1] == newest + 2
+  assert checkpoint_steps(workdir)[-1] == newest + 2  # the last step is always saved
   assert (workdir / 'eval' / f'step_{newest + 1}' / 'results.json').is_file()  # the periodic evaluation
   assert (workdir / 'eval' / f'step_{newest + 2}' / 'results.json').is_file()  # the final one
 
@@ -269,7 +280,7 @@ def test_evaluation_reads_parameters_only(finished_run, data_dir, monkeypatch, c
   assert f'Evaluating the checkpoint of step {step}' in capsys.readouterr().out
   saved = json.loads((workdir / 'eval' / f'step_{step}' / 'results.json').read_text())
   assert saved['synthetic_rvos:validation']['mean_IoU'] == pytest.approx(evaluated['mean_IoU'])
-  if step == 6:  # the run's own final evaluation, of the same parameters
+  if step == STEPS:  # the run's own final evaluation, of the same parameters
     assert evaluated['mean_IoU'] == pytest.approx(results['synthetic_rvos:validation']['mean_IoU'])
   config.model.num_heads = 2
   with pytest.raises(ValueError, match=f'The run in {workdir}.*num_heads=4 there, 2 here'):
@@ -279,7 +290,7 @@ def test_evaluation_reads_parameters_only(finished_run, data_dir, monkeypatch, c
 # Interrupted runs, and an evaluator beside a run: main.py in subprocesses.
 
 def _command(data_dir, workdir, steps, every=10):
-  return [sys.executable, 'main.py', '--config=configs/tiny.py', f'--workdir={workdir}',
+  return [sys.executable, 'main.py', '--config=configs/tiny.py', f'--workdir={workdir}', *TRAINER_MODEL_FLAGS,
           f'--config.data.data_dir={data_dir}', f'--config.train.num_steps={steps}',
           f'--config.train.checkpoint_every_steps={every}', '--config.train.log_every_steps=10']
 
@@ -296,45 +307,41 @@ def _wait_for(path, process, timeout=300):
   assert path.exists(), f'{path} did not appear (exit status {process.poll()})'
 
 
-@pytest.mark.heavy
-def test_sigterm_and_kill_9_then_resume_is_bit_identical(data_dir, tmp_path, capsys):
+@trained_run
+def test_sigterm_and_kill_9_then_resume_is_bit_identical(finished_run, data_dir, tmp_path, capsys):
   """SIGTERM: the step finishes, a checkpoint is saved, exit 0, no step lost; kill -9: the next run resumes from
-  the last checkpoint. Either way the final state equals an uninterrupted run's, bit for bit. The signals go to
-  main.py in subprocesses; the uninterrupted run and the last, resuming one run here."""
-  steps, every = 40, 10
-  config = tiny_config(data_dir, num_steps=steps, checkpoint_every_steps=every, log_every_steps=10)
-  train.train_and_evaluate(config, str(tmp_path / 'straight'))
+  the last checkpoint. Either way the final state equals an uninterrupted run's (the module's run), bit for bit.
+  The signals go to main.py in subprocesses; the last, resuming run runs here."""
   checkpoints = tmp_path / 'interrupted' / 'checkpoints'
-
-  preempted = _start(_command(data_dir, tmp_path / 'interrupted', steps, every), stdout=subprocess.PIPE,
+  preempted = _start(_command(data_dir, tmp_path / 'interrupted', STEPS, EVERY), stdout=subprocess.PIPE,
                      stderr=subprocess.PIPE)
-  _wait_for(checkpoints / str(every), preempted)
+  _wait_for(checkpoints / str(EVERY), preempted)
   sent = time.time()
   preempted.send_signal(signal.SIGTERM)
   stdout, stderr = preempted.communicate(timeout=300)
   print(f'SIGTERM to exit: {time.time() - sent:.1f} s')
   assert preempted.returncode == 0, stderr[-3000:]
   stopped = int(re.search(r'Stopped at step (\d+) on SIGTERM', stdout).group(1))
-  assert every <= stopped < steps - every and (checkpoints / str(stopped)).is_dir()
+  assert EVERY <= stopped < STEPS - EVERY and (checkpoints / str(stopped)).is_dir()
 
-  next_checkpoint = (stopped // every + 1) * every
-  killed = _start(_command(data_dir, tmp_path / 'interrupted', steps, every), stdout=subprocess.PIPE,
+  next_checkpoint = (stopped // EVERY + 1) * EVERY
+  killed = _start(_command(data_dir, tmp_path / 'interrupted', STEPS, EVERY), stdout=subprocess.PIPE,
                   stderr=subprocess.DEVNULL)
   _wait_for(checkpoints / str(next_checkpoint), killed)
   killed.send_signal(signal.SIGKILL)
   killed_out, _ = killed.communicate()
   assert killed.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
   assert f'Resuming from the checkpoint of step {stopped}' in killed_out  # no step lost to the SIGTERM
-  assert not (checkpoints / str(steps)).exists()
+  assert not (checkpoints / str(STEPS)).exists()
 
   capsys.readouterr()
-  train.train_and_evaluate(config, str(tmp_path / 'interrupted'))
+  train.train_and_evaluate(run_config(data_dir), str(tmp_path / 'interrupted'))
   assert f'Resuming from the checkpoint of step {next_checkpoint}' in capsys.readouterr().out
-  expected, actual = _final_state(tmp_path / 'straight', steps), _final_state(tmp_path / 'interrupted', steps)
+  expected, actual = _final_state(finished_run[0], STEPS), _final_state(tmp_path / 'interrupted', STEPS)
   jax.tree.map(np.testing.assert_array_equal, actual, expected)
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(45)
 def test_an_evaluator_follows_training_until_it_finishes(data_dir, tmp_path, capsys):
   workdir = tmp_path / 'run'
   training = _start(_command(data_dir, workdir, 4, every=2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -381,16 +388,15 @@ def assert_same_updates(actual_path, expected_path):
     assert difference < 0.05 * size, (difference, size)
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(170)
 def test_eight_devices_match_one_without_retracing(data_dir, tmp_path):
   """One process with 8 simulated devices runs the same steps on 1 device and on 8 (4 data-parallel x 2 with the
   parameters sharded over the model axis), and with per-device BatchNorm, gradient accumulation and bfloat16
-  together; each step function is traced once (the worker's chex.assert_max_traces). The model is the tiny one
-  less its second stream and an LBDT stage: the sharding is under test here, not the model, and it compiles twice
-  as fast. Per-device BatchNorm is checked exactly on a toy model."""
+  together; each step function is traced once (the worker's chex.assert_max_traces). Per-device BatchNorm is
+  checked exactly on a toy model."""
   # Adam's epsilon is raised so that gradients at rounding-noise level (which the device count legitimately
   # changes) are not blown up into full-size updates of opposite signs: the check is on the sharded computation.
-  common = {'adam_eps': 1e-3, 'model': {'temporal_encoder': False, 'lbdt_stages': [5]}}
+  common = {'adam_eps': 1e-3, 'model': TRAINER_MODEL}
   runs = [{'name': 'toy_per_device', 'toy_per_device': True},
           {'name': 'one', 'devices': 1, 'updates': True, **common},
           # Parameters of 1024 elements and more are sharded (of 65536 in training: the tiny model has none).
@@ -417,7 +423,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(130)
 def test_two_processes_train_together_and_stop_together_when_one_is_preempted(data_dir, tmp_path):
   """Two jax.distributed processes run the training loop (tests/train_worker.py: what main.py runs). Process 1
   starts 35 s late: more than the 30 s in which CPU collectives set up their Gloo context, so the processes must
@@ -425,9 +431,7 @@ def test_two_processes_train_together_and_stop_together_when_one_is_preempted(da
   process 1 only; JAX's preemption sync point stops both after the same step, both save it with the same
   parameters, and one process restores their checkpoint."""
   workdir, coordinator = tmp_path / 'run', f'localhost:{_free_port()}'
-  # The tiny model less its second stream and an LBDT stage: the processes are under test, not the model.
-  model = {'temporal_encoder': False, 'lbdt_stages': [5]}
-  runs = [{'name': 'two', 'batch_size': 4, 'model': model, 'loop': {
+  runs = [{'name': 'two', 'batch_size': 4, 'model': TRAINER_MODEL, 'loop': {
       'workdir': str(workdir), 'num_steps': 200, 'checkpoint_every_steps': 100, 'log_every_steps': 10}}]
   (tmp_path / 'runs.json').write_text(json.dumps(runs))
   processes = [_start([sys.executable, 'tests/train_worker.py', f'--data-dir={data_dir}', '--devices=1',
@@ -454,7 +458,6 @@ def test_two_processes_train_together_and_stop_together_when_one_is_preempted(da
   assert saved[0] == saved[1]  # the same parameters in both processes
 
   config = tiny_config(data_dir)
-  config.model.update(temporal_encoder=False, lbdt_stages=(5,))
   trainer = train.build_trainer(config)
   manager = checkpointing.manager(workdir, config)
   state, step = checkpointing.restore_latest(manager, trainer.state, trainer.state_shardings,
