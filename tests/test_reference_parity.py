@@ -140,7 +140,7 @@ def test_our_positional_encodings_match_the_stored_ones(case):
 
 # The full model against the official one: one float64 and one float32 run per case.
 
-@pytest.mark.heavy
+@pytest.mark.heavy(90)
 @pytest.mark.parametrize('case', CASES)
 def test_float64_parity(case):
   with jax.enable_x64(True):
@@ -154,6 +154,8 @@ def test_float64_parity(case):
             'grad/transformer.stage5.layers.0.cross_attn_img.in_proj_weight__rows16'} <= set(report['tensors'])
 
 
+@pytest.mark.heavy(60)
+@pytest.mark.unoptimized  # compiles faster; the same arithmetic
 @pytest.mark.parametrize('case', CASES)
 def test_float32_parity(case):
   report = tool.run_case(str(REFERENCE / case))
