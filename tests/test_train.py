@@ -2,6 +2,7 @@
 (outputs, resumption, damaged checkpoints, export, evaluation); SIGTERM and kill -9; devices and processes. Runs
 use the tiny model less its second stream and an LBDT stage (conftest.TRAINER_MODEL)."""
 
+import concurrent.futures
 import functools
 import json
 import os
@@ -341,17 +342,19 @@ def test_sigterm_and_kill_9_then_resume_is_bit_identical(finished_run, data_dir,
   jax.tree.map(np.testing.assert_array_equal, actual, expected)
 
 
-@pytest.mark.heavy(45)
-def test_an_evaluator_follows_training_until_it_finishes(data_dir, tmp_path, capsys):
+@trained_run
+def test_an_evaluator_follows_training_until_it_finishes(finished_run, data_dir, tmp_path, capsys):
+  """The evaluator reads only what training writes (checkpoints, the run record, training.json): here it runs in a
+  thread, and training beside it in this process (with the programs of the module's run)."""
+  del finished_run  # compiled what both use
   workdir = tmp_path / 'run'
-  training = _start(_command(data_dir, workdir, 4, every=2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  try:
-    config = tiny_config(data_dir)
-    config.eval.update(follow=True, follow_poll_seconds=1, follow_timeout_minutes=10)
-    evaluate.evaluate(config, str(workdir))
-  finally:
-    _, stderr = training.communicate(timeout=600)
-  assert training.returncode == 0, stderr[-3000:]
+  config = tiny_config(data_dir)
+  config.eval.update(follow=True, follow_poll_seconds=1, follow_timeout_minutes=3)
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    follower = pool.submit(evaluate.evaluate, config, str(workdir))
+    time.sleep(1)  # following before the first checkpoint appears
+    train.train_and_evaluate(tiny_config(data_dir, num_steps=4, checkpoint_every_steps=2), str(workdir))
+    follower.result()
   output = capsys.readouterr().out
   assert 'Training has finished at step 4' in output
   for step in (2, 4):
