@@ -79,7 +79,7 @@ def get_config(options: str = 'lbdt4') -> ml_collections.ConfigDict:
       'follow_poll_seconds': 30,
       'follow_timeout_minutes': 120,  # give up when no checkpoint appears for this long and training is not done
   })
-  config.mesh = ml_collections.ConfigDict({'model': 1})  # > 1: shard parameters over a 'model' axis too
+  config.mesh = ml_collections.ConfigDict({'fsdp': 1})  # > 1: the training state split over this many devices
   config.init = ml_collections.ConfigDict({
       'imagenet': '',  # torchvision ResNet weights (.pth/.npz) for both encoders, as the paper
       'checkpoint': '',  # a model directory (export/ of a run, or --mode=convert output) to start from
@@ -124,6 +124,7 @@ def data_config(train: str, evaluate: tuple[str, ...]) -> ml_collections.ConfigD
       'horizontal_flip': False,  # training augmentation; swaps "left"/"right" in the sentence with the image
       'shuffle_buffer': 2_000,  # encoded examples held per process (a 720p pair is ~0.2 MB)
       'num_threads': 0,  # tf.data threads; 0 = all cores
+      'prefetch': 2,  # training batches read and put on the devices ahead of the step, in a thread
       'a2d_layout': 'release',  # or 'lists': images/, masks/, train.txt, val.txt of the official LBDT code
       'jhmdb_frames': 'all',  # or 'sample3' (MTTR/ReferFormer's 3 frames per video)
       'jhmdb_samples_file': '',  # MTTR's jhmdb_sentences_samples_metadata.json, to use exactly their frames

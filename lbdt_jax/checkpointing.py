@@ -25,7 +25,7 @@ from absl import logging
 from etils import epath
 
 from data_pipeline import glove
-from lbdt_jax import model_dir, paths, sharding
+from lbdt_jax import model_dir, paths
 from lbdt_jax.models import LBDTConfig
 
 CHECKPOINTS = 'checkpoints'
@@ -202,14 +202,3 @@ def write_training_status(workdir: epath.Path, total_steps: int, finished: bool)
 def read_training_status(workdir: epath.Path) -> dict | None:
   file = workdir / TRAINING_STATUS_FILE
   return paths.read_json(file, 'Training status') if file.exists() else None
-
-
-def export(directory: epath.Path, config: ml_collections.ConfigDict, model_config: LBDTConfig, params,
-           batch_stats, table: glove.WordTable, step: int | None) -> epath.Path:
-  """A self-contained model directory from training parameters ({'model', 'word_vectors'}) and statistics: the
-  word table carries the trained vectors."""
-  vectors = sharding.to_host(params['word_vectors'])
-  table = glove.WordTable(table.words, vectors.astype('float32'), table.trainable)
-  variables = {'params': sharding.to_host(params['model']), 'batch_stats': sharding.to_host(batch_stats)}
-  return model_dir.write(directory, model_config, variables, table=table, config=config,
-                         manifest=model_dir.manifest_for(config, model_config, table, step))

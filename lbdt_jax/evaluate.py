@@ -327,7 +327,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 def _evaluate_loaded(config, loaded: model_dir.ModelDirectory, step: int, prepared: dict, workdir: epath.Path,
                      writer=None, pictures: int = 0) -> dict:
   table = _with_data_words(loaded, prepared)
-  mesh = sharding.make_mesh(config.mesh.model)
+  mesh = sharding.make_mesh(config.mesh.fsdp)
   params = sharding.put({'model': loaded.variables['params'], 'word_vectors': table.vectors},
                         sharding.replicated(mesh))
   batch_stats = sharding.put(loaded.variables['batch_stats'], sharding.replicated(mesh))

@@ -1,9 +1,10 @@
-"""`--mode=export`: a self-contained model directory from a training run or a converted checkpoint.
+"""Model directories with their serving artefact: `--mode=export` and the end of training.
 
-Reads parameters only: the newest checkpoint's parameters, BatchNorm statistics and word vectors (no optimizer
-state, no training data, no compiled training step). Besides the orbax parameters, writes the serving artefact
-(`write_serving`, read by `lbdt_jax.serving`; docs/serving.md): the inference function serialised with
-`jax.export` for CPU, CUDA and TPU, its parameters as an .npz, and the constants that feeding it takes.
+`--mode=export` reads parameters only: the newest checkpoint's parameters, BatchNorm statistics and word vectors
+(no optimizer state, no training data, no compiled training step). Besides the orbax parameters, each model
+directory holds the serving artefact (`write_serving`, read by `lbdt_jax.serving`; docs/serving.md): the
+inference function serialised with `jax.export` for CPU, CUDA and TPU, its parameters as an .npz, and the
+constants that feeding it takes.
 """
 
 import io
@@ -45,6 +46,19 @@ def export_model(config: ml_collections.ConfigDict, workdir, output_dir=None) ->
   print(f'Exported {loaded.path} with the word table of {", ".join(prepare.dataset_names(config))} to '
         f'{output_dir}', flush=True)
   return output_dir
+
+
+def from_training(directory, config: ml_collections.ConfigDict, model_config: LBDTConfig, params, batch_stats,
+                  table: glove.WordTable, step: int | None) -> epath.Path:
+  """The model directory of a training run's final parameters ({'model', 'word_vectors'}) and statistics, with
+  its serving artefact: the word table carries the trained vectors."""
+  directory = paths.path(directory)
+  table = glove.WordTable(table.words, sharding.to_host(params['word_vectors']).astype('float32'), table.trainable)
+  variables = {'params': sharding.to_host(params['model']), 'batch_stats': sharding.to_host(batch_stats)}
+  manifest = model_dir.manifest_for(config, model_config, table, step)
+  model_dir.write(directory, model_config, variables, table=table, config=config, manifest=manifest)
+  write_serving(directory, model_config, variables, manifest)
+  return directory
 
 
 def write_serving(directory, model_config: LBDTConfig, variables, manifest: dict | None = None,

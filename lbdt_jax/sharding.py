@@ -1,8 +1,11 @@
 """Device mesh and shardings: the one place that decides where arrays live.
 
-The mesh has a `data` axis (the batch is split over it) and a `model` axis (size 1 by default). With
-`config.mesh.model > 1` parameters and optimizer state are sharded over `model` as well (FSDP-style: each large
-array is split along its largest dimension that the axis divides), for models that do not fit one device.
+The mesh has two axes, `data` and `fsdp` (`config.mesh.fsdp` devices, 1 by default). The batch is split over
+every device (both axes). Parameters and optimizer state are replicated over `data` and, when `fsdp` > 1, split
+over `fsdp` (fully sharded data parallelism: each large array is split along its largest dimension that the axis
+divides; XLA gathers it for use and reduce-scatters its gradient). Each device then holds 1/fsdp of the training
+state, at the cost of those collectives in every step: worth it only when the state does not fit beside the
+activations (docs/multihost.md).
 """
 
 import itertools
@@ -14,7 +17,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-DATA, MODEL = 'data', 'model'
+DATA, FSDP = 'data', 'fsdp'
+BATCH_AXES = (DATA, FSDP)  # the batch is split over every device
 # Arrays smaller than this stay replicated even when parameters are sharded: splitting them saves nothing.
 MIN_SHARDED_SIZE = 2**16
 # How long a process waits at a barrier for the others: long enough for one to prepare a data set or compile.
@@ -73,50 +77,52 @@ def put(tree, shardings):
   return jax.tree.map(place, tree, shardings)
 
 
-def make_mesh(model_axis: int = 1) -> Mesh:
-  devices = jax.devices()
-  if model_axis < 1 or jax.local_device_count() % model_axis:
-    raise ValueError(f'config.mesh.model ({model_axis}) must divide the number of devices of each process '
-                     f'({jax.local_device_count()})')
-  grid = np.asarray(devices).reshape(len(devices) // model_axis, model_axis)
-  return Mesh(grid, (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto))
+def make_mesh(fsdp: int = 1, devices=None) -> Mesh:
+  """(data, fsdp) mesh over `devices` (default: all), laid out by `jax.make_mesh` for the interconnect (the
+  `fsdp` axis, whose gathers run in every step, on the closest devices)."""
+  devices = list(jax.devices() if devices is None else devices)
+  per_process = len(devices) // jax.process_count()
+  if fsdp < 1 or per_process % fsdp:
+    raise ValueError(f'config.mesh.fsdp ({fsdp}) must divide the number of devices of each process ({per_process})')
+  # Auto axes: GSPMD propagates shardings through the model (make_mesh's default, Explicit, would ask every op).
+  return jax.make_mesh((len(devices) // fsdp, fsdp), (DATA, FSDP), axis_types=(AxisType.Auto, AxisType.Auto),
+                       devices=devices)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) dimension over `data`."""
-  return NamedSharding(mesh, P(DATA))
+  """Leading (batch) dimension over every device."""
+  return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def _parameter_spec(shape: tuple[int, ...], model_size: int) -> P:
-  if model_size == 1 or math.prod(shape) < MIN_SHARDED_SIZE:
+def _parameter_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
+  if fsdp_size == 1 or math.prod(shape) < MIN_SHARDED_SIZE:
     return P()
   for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
-    if shape[axis] % model_size == 0:
-      return P(*([None] * axis + [MODEL]))
+    if shape[axis] % fsdp_size == 0:
+      return P(*([None] * axis + [FSDP]))
   return P()
 
 
 def state_shardings(mesh: Mesh, abstract_state):
-  """Shardings for the train state: replicated, or FSDP-style over `model` when that axis is larger than 1."""
-  model_size = mesh.shape[MODEL]
-  return jax.tree.map(lambda x: NamedSharding(mesh, _parameter_spec(x.shape, model_size)), abstract_state)
+  """Shardings for the train state: replicated, or split over `fsdp` when that axis is larger than 1."""
+  fsdp_size = mesh.shape[FSDP]
+  return jax.tree.map(lambda x: NamedSharding(mesh, _parameter_spec(x.shape, fsdp_size)), abstract_state)
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Per-process numpy batches → global arrays sharded over `data` (the model's numeric inputs only)."""
+  """Per-process numpy batches → global arrays split over every device (the model's numeric inputs only)."""
   sharding = batch_sharding(mesh)
   return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in local_batch.items()}
 
 
 def local_batch_size(global_batch_size: int, mesh: Mesh, name: str = 'config.train.batch_size') -> int:
-  data_size = mesh.shape[DATA]
-  if global_batch_size < 1 or global_batch_size % data_size or global_batch_size % jax.process_count():
-    raise ValueError(f'{name} ({global_batch_size}) must be a positive multiple of the data-parallel devices '
-                     f'({data_size}) and of the processes ({jax.process_count()})')
+  if global_batch_size < 1 or global_batch_size % mesh.size:
+    raise ValueError(f'{name} ({global_batch_size}) must be a positive multiple of the number of devices '
+                     f'({mesh.size}): each device takes an equal share of the batch')
   return global_batch_size // jax.process_count()
 
 
@@ -135,5 +141,5 @@ def to_host(tree):
 
 def local_rows(x: jax.Array) -> np.ndarray:
   """The rows of a batch-sharded array that live on this process, in global order (this process's examples)."""
-  shards = {shard.index[0].start or 0: shard for shard in x.addressable_shards}  # model-axis copies collapse
+  shards = {shard.index[0].start or 0: shard for shard in x.addressable_shards}
   return np.concatenate([np.asarray(shards[start].data) for start in sorted(shards)])

@@ -21,7 +21,8 @@ from clu import periodic_actions
 from jax.sharding import PartitionSpec as P
 
 from data_pipeline import glove, input_pipeline, prepare
-from lbdt_jax import checkpointing, convert, evaluate, model_dir, paths, preemption, progress, sharding
+from lbdt_jax import (checkpointing, convert, evaluate, export, model_dir, paths, preemption, prefetch, progress,
+                      sharding)
 from lbdt_jax.losses import segmentation_loss
 from lbdt_jax.models import LBDT, LBDTConfig, embed_words
 
@@ -91,13 +92,13 @@ def _per_device_forward_loss(model: LBDT, mesh: jax.sharding.Mesh):
   """The loss with BatchNorm statistics of each device's own examples, like PyTorch DDP without SyncBN; the
   running statistics are averaged over devices (DDP keeps rank 0's), the loss and gradients over the batch."""
   def local(params, batch_stats, batch, key):
-    key = jax.random.fold_in(key, jax.lax.axis_index(sharding.DATA))
+    key = jax.random.fold_in(key, jax.lax.axis_index(sharding.BATCH_AXES))
     loss, (batch_stats, terms) = _forward_loss(model, params, batch_stats, batch, key)
-    mean = functools.partial(jax.lax.pmean, axis_name=sharding.DATA)
+    mean = functools.partial(jax.lax.pmean, axis_name=sharding.BATCH_AXES)
     return mean(loss), (jax.tree.map(mean, batch_stats), jax.tree.map(mean, terms))
   # check_vma=False: the model's scans start from constant carries, which the varying-axis check rejects.
-  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(sharding.DATA), P()), out_specs=(P(), (P(), P())),
-                       axis_names={sharding.DATA}, check_vma=False)
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(sharding.BATCH_AXES), P()),
+                       out_specs=(P(), (P(), P())), axis_names=set(sharding.BATCH_AXES), check_vma=False)
 
 
 def train_step(state: TrainState, batch: dict, *, loss_fn: Callable, optimizer: optax.GradientTransformation,
@@ -227,9 +228,9 @@ def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
     raise ValueError(f'config.train.batch_size ({train.batch_size}) must be a multiple of '
                      f'config.train.accumulation_steps ({train.accumulation_steps})')
   microbatch = train.batch_size // train.accumulation_steps
-  if microbatch % mesh.shape[sharding.DATA]:
+  if microbatch % mesh.size:
     raise ValueError(f'Each microbatch (config.train.batch_size / accumulation_steps = {microbatch}) must divide '
-                     f'over the {mesh.shape[sharding.DATA]} data-parallel devices')
+                     f'over the {mesh.size} devices')
   sharding.local_batch_size(config.eval.batch_size, mesh, 'config.eval.batch_size')
   if not (config.init.imagenet or config.init.checkpoint) and not config.data.train.startswith('synthetic_rvos'):
     logging.warning('Training from random weights: the paper starts from ImageNet encoders '
@@ -238,7 +239,7 @@ def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
 
 
 def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
-  mesh = sharding.make_mesh(config.mesh.model)
+  mesh = sharding.make_mesh(config.mesh.fsdp)
   check_config(config, mesh)
   lbdt_config = model_config(config)
   if config.init.checkpoint:  # before anything is prepared or compiled: a model of another architecture is refused
@@ -366,13 +367,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     return evaluate.run_evaluation(config, trainer.model, trainer.mesh, state.params, state.batch_stats,
                                    trainer.prepared, trainer.table, step, workdir, writer, pictures=pictures)
 
+  batches = prefetch.Prefetcher(trainer.train_iterator, functools.partial(model_inputs, mesh=trainer.mesh),
+                                size=config.data.prefetch)
   try:
-    with preemption.PreemptionWatcher() as watcher:
+    with preemption.PreemptionWatcher() as watcher, batches:
       for step in range(start_step + 1, trainer.total_steps + 1):
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
-          batch = next(trainer.train_iterator)
-          batch = sharding.global_batch({key: batch[key] for key in MODEL_INPUTS}, trainer.mesh)
-          state, metrics = trainer.step_fn(state, batch)
+          state, metrics = trainer.step_fn(state, next(batches))
         if pending is not None:  # look at the previous step's result while this one runs
           _check_finite(pending, config, step - 1)
         pending = metrics.pop('nonfinite_in_row')  # the state's own copy is donated to the next step
@@ -388,19 +389,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           bar.log()
         if watcher.reached(step):
           _check_finite(pending, config, step)
-          checkpointing.save(manager, step, state, trainer.train_iterator)
+          checkpointing.save(manager, step, state, batches)
           manager.wait_until_finished()
           bar.close()
           preemption.log_stop(watcher, step, manager.directory / str(step))
           return {'stopped_at_step': step}
         if step % config.train.checkpoint_every_steps == 0 or step == trainer.total_steps:
-          checkpointing.save(manager, step, state, trainer.train_iterator)
+          checkpointing.save(manager, step, state, batches)
         if config.train.eval_every_steps and step % config.train.eval_every_steps == 0 and step < trainer.total_steps:
           results = evaluate_now(step)
     _check_finite(pending, config, final_step)
     bar.close()
     results = evaluate_now(final_step, pictures=config.eval.pictures)
-    export_dir = checkpointing.export(workdir / 'export', config, lbdt_config, state.params, state.batch_stats,
+    export_dir = export.from_training(workdir / 'export', config, lbdt_config, state.params, state.batch_stats,
                                       trainer.table, final_step)
     manager.wait_until_finished()
     checkpointing.write_training_status(workdir, final_step, finished=True)
@@ -412,6 +413,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     manager.close()
     writer.flush()
   return results
+
+
+def model_inputs(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  """A host batch of the input pipeline → the global arrays `train_step` takes."""
+  return sharding.global_batch({key: batch[key] for key in MODEL_INPUTS}, mesh)
 
 
 def _check_finite(nonfinite_in_row, config, step: int) -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import ROOT, TRAINER_MODEL, TRAINER_MODEL_FLAGS, UNOPTIMIZED_ENV, unoptimized_xla
 from configs import tiny
-from lbdt_jax import checkpointing, evaluate, export, model_dir, sharding, train
+from lbdt_jax import checkpointing, evaluate, export, inference, model_dir, serving, sharding, train
 
 pytestmark = pytest.mark.unoptimized  # wiring, not numerics: the tiny model compiles several times faster
 
@@ -179,6 +179,11 @@ def test_run_writes_checkpoints_export_logs_and_results(finished_run):
   assert checkpoint_steps(workdir) == [10, 20, 30, 40]
   for name in ('model_config.json', 'word_table.npz', 'config.json'):
     assert (workdir / 'export' / name).is_file()
+  # The serving artefact of the trained parameters (its outputs are checked in test_serving.py).
+  exported, served = model_dir.read(workdir / 'export'), serving.load(workdir / 'export')
+  np.testing.assert_array_equal(served.word_vectors, exported.table.vectors)
+  assert len(served.variables) == len(inference.flat_variables(exported.variables))
+  assert set(served.exported.platforms) == set(inference.SERVING_PLATFORMS)
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
   validation = results['synthetic_rvos:validation']
   per_cue = validation['per_cue']
@@ -393,17 +398,19 @@ def assert_same_updates(actual_path, expected_path):
 
 @pytest.mark.heavy(170)
 def test_eight_devices_match_one_without_retracing(data_dir, tmp_path):
-  """One process with 8 simulated devices runs the same steps on 1 device and on 8 (4 data-parallel x 2 with the
-  parameters sharded over the model axis), and with per-device BatchNorm, gradient accumulation and bfloat16
-  together; each step function is traced once (the worker's chex.assert_max_traces). Per-device BatchNorm is
-  checked exactly on a toy model."""
+  """One process with 8 simulated devices runs the same steps on 1 device and on 8 (parameters and optimizer state
+  split over an fsdp axis of 2, the batch over all 8), and with per-device BatchNorm, gradient accumulation and
+  bfloat16 together; each step function is traced once (the worker's chex.assert_max_traces). Per-device
+  BatchNorm is checked exactly on a toy model. The compiled step's arguments take, per device, what the shardings
+  say: the state divided by the fsdp size where it is split, the batch by the device count."""
   # Adam's epsilon is raised so that gradients at rounding-noise level (which the device count legitimately
   # changes) are not blown up into full-size updates of opposite signs: the check is on the sharded computation.
   common = {'adam_eps': 1e-3, 'model': TRAINER_MODEL}
   runs = [{'name': 'toy_per_device', 'toy_per_device': True},
           {'name': 'one', 'devices': 1, 'updates': True, **common},
           # Parameters of 1024 elements and more are sharded (of 65536 in training: the tiny model has none).
-          {'name': 'sharded', 'model_axis': 2, 'min_sharded_size': 1024, 'updates': True, **common},
+          {'name': 'sharded', 'fsdp': 2, 'min_sharded_size': 1024, 'updates': True, **common},
+          {'name': 'fsdp8', 'fsdp': 8, 'min_sharded_size': 1024, 'steps': 0, **common},
           # One example per device and microbatch.
           {'name': 'per_device_accumulated_bfloat16', 'devices': 4, 'batch_norm': 'per_device',
            'accumulation_steps': 2, 'dtype': 'bfloat16', 'steps': 2, **common}]
@@ -412,8 +419,20 @@ def test_eight_devices_match_one_without_retracing(data_dir, tmp_path):
   assert toy['devices'] == 8
   assert toy['loss'] == pytest.approx(toy['mean_alone'], rel=1e-6) and toy['stats_difference'] < 1e-6
   assert toy['loss'] != pytest.approx(toy['whole_batch'], rel=1e-3)  # not BatchNorm over the whole batch
-  one, sharded = results['one'], results['sharded']
+  one, sharded, fsdp8 = results['one'], results['sharded'], results['fsdp8']
   assert (one['devices'], sharded['devices']) == (1, 8) and sharded['sharded'] and not one['sharded']
+  assert (one['rows_per_device'], sharded['rows_per_device']) == ([8], [1])  # each device its global / 8
+  batch_bytes = []
+  for run in one, sharded, fsdp8:
+    memory = run['argument_bytes']
+    # jit drops unused arguments: the trainer's model has no temporal stream to take the frame difference.
+    batch_bytes.append(sum(size for name, size in memory['batch'].items() if name != 'frame_difference'))
+    assert memory['measured'] == pytest.approx(memory['state'] + batch_bytes[-1], rel=0.01), memory
+  assert batch_bytes[0] == 8 * batch_bytes[1] == 8 * batch_bytes[2]
+  state_bytes = [run['argument_bytes']['state'] for run in (one, sharded, fsdp8)]
+  # Most of the state is split (parameters of 1024 elements and more): it falls nearly as 1/fsdp.
+  assert state_bytes[0] / 2 < state_bytes[1] < state_bytes[0] * 0.6 and state_bytes[2] < state_bytes[0] * 0.2, \
+      state_bytes
   np.testing.assert_allclose(sharded['losses'], one['losses'], rtol=1e-4)  # 1.7e-5 measured at the third step
   assert_same_updates(tmp_path / 'sharded.npz', tmp_path / 'one.npz')
   mixed = results['per_device_accumulated_bfloat16']

@@ -4,12 +4,13 @@
   python tests/train_worker.py --data-dir D --devices 1 --runs RUNS.json --out OUT
       --coordinator localhost:PORT --num-processes 2 --process-id I [--delay S]
 
-RUNS.json lists runs, each {"name", "devices" (the first N devices; default all), "steps", "batch_size",
-"model_axis", "batch_norm", "accumulation_steps", "dtype", "adam_eps", "min_sharded_size", "updates", "model"
-(overrides of config.model), "loop"}. A process runs them one after another, each on its own mesh, on the same
-global batches (each process keeps its rows of them), and writes OUT/<name>.<process index>.json (losses, devices,
-processes, parameter checksums, the parameters sharded over the model axis), with "updates" also OUT/<name>.npz
-(the parameter updates of the first step, first/NAME, and of all steps, all/NAME). Several processes build their
+RUNS.json lists runs, each {"name", "devices" (the first N devices; default all), "steps", "batch_size", "fsdp",
+"batch_norm", "accumulation_steps", "dtype", "adam_eps", "min_sharded_size", "updates", "model" (overrides of
+config.model), "loop"}. A process runs them one after another, each on its own mesh, on the same global batches
+(each process keeps its rows of them), and writes OUT/<name>.<process index>.json (losses, devices, processes,
+the batch rows each device received, parameter checksums, the parameters sharded over the fsdp axis, and the
+compiled step's argument bytes per device beside what the shardings imply), with "updates" also OUT/<name>.npz
+(the parameter updates of the first step, first/NAME, and of all steps, all/NAME). "steps": 0 only compiles. Several processes build their
 trainer with `train.build_trainer`, whose data preparation and compilation meet at barriers (see `--delay`).
 
 A run with "loop": {"workdir", and config.train overrides} runs the training loop instead,
@@ -22,6 +23,7 @@ The train step is wrapped in `chex.assert_max_traces(n=1)`: a second trace (a re
 import argparse
 import faulthandler
 import json
+import math
 import os
 import sys
 import time
@@ -52,7 +54,7 @@ from data_pipeline import input_pipeline, prepare  # noqa: E402
 from lbdt_jax import checkpointing, sharding, train  # noqa: E402
 from lbdt_jax.models import LBDT  # noqa: E402
 
-DEFAULTS = {'devices': None, 'steps': 3, 'batch_size': 8, 'model_axis': 1, 'batch_norm': 'global',
+DEFAULTS = {'devices': None, 'steps': 3, 'batch_size': 8, 'fsdp': 1, 'batch_norm': 'global',
             'accumulation_steps': 1, 'dtype': 'float32', 'adam_eps': 1e-8, 'min_sharded_size': None,
             'updates': False, 'model': {}, 'loop': None, 'toy_per_device': False}
 TRAIN_STEP, MIN_SHARDED_SIZE, SAVE = train.train_step, sharding.MIN_SHARDED_SIZE, checkpointing.save
@@ -65,7 +67,7 @@ def run_config(run: dict):
   config.train.batch_norm = run['batch_norm']
   config.train.accumulation_steps = run['accumulation_steps']
   config.optimizer.eps = run['adam_eps']
-  config.mesh.model = run['model_axis']
+  config.mesh.fsdp = run['fsdp']
   config.model.update(dtype=run['dtype'],
                       **{key: tuple(v) if isinstance(v, list) else v for key, v in run['model'].items()})
   return config
@@ -106,7 +108,7 @@ def toy_per_device() -> dict:
       return normalised.sum(-1) + (words * word_mask[..., None]).sum((1, 2))[:, None, None]  # logits [B, H, W]
 
   count = jax.device_count()
-  mesh = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(count, 1), (sharding.DATA, sharding.MODEL))
+  mesh = sharding.make_mesh()
   rng = np.random.default_rng(0)
   batch = {'frame': rng.standard_normal((count, 4, 4, 3)).astype(np.float32),
            'frame_difference': rng.standard_normal((count, 4, 4, 3)).astype(np.float32),
@@ -145,8 +147,7 @@ def train_run(run: dict) -> dict:
     mesh, state, step_fn, prepared, table = (trainer.mesh, trainer.state, trainer.step_fn, trainer.prepared,
                                              trainer.table)
   else:
-    devices = np.asarray(jax.devices()[:run['devices'] or jax.device_count()])
-    mesh = jax.sharding.Mesh(devices.reshape(-1, run['model_axis']), (sharding.DATA, sharding.MODEL))
+    mesh = sharding.make_mesh(run['fsdp'], jax.devices()[:run['devices'] or jax.device_count()])
     train.check_config(config, mesh)
     prepared = prepare.prepare(config)
     table = prepare.word_table(prepared)
@@ -162,11 +163,15 @@ def train_run(run: dict) -> dict:
   rows = slice(jax.process_index() * run['batch_size'] // jax.process_count(),
                (jax.process_index() + 1) * run['batch_size'] // jax.process_count())
   sharded = sorted(path for path, leaf in flatten_shardings(state.params).items()
-                   if sharding.MODEL in leaf.spec)
-  losses, snapshots = [], [flatten(state.params)] if run['updates'] else []  # copied now: the state is donated
+                   if sharding.FSDP in leaf.spec)
+  batch_spec = train._batch_spec(config, mesh)  # pylint: disable=protected-access
+  memory = {'measured': step_fn.lower(state, batch_spec).compile().memory_analysis().argument_size_in_bytes,
+            'state': per_device_bytes(state), 'batch': {k: per_device_bytes(v) for k, v in batch_spec.items()}}
+  losses, rows_per_device, snapshots = [], set(), [flatten(state.params)] if run['updates'] else []
   for step in range(run['steps']):
-    batch = next(global_batches)
-    state, metrics = step_fn(state, sharding.global_batch({k: batch[k][rows] for k in train.MODEL_INPUTS}, mesh))
+    batch = train.model_inputs({k: v[rows] for k, v in next(global_batches).items()}, mesh)
+    rows_per_device |= {shard.data.shape[0] for shard in batch['frame'].addressable_shards}
+    state, metrics = step_fn(state, batch)
     losses.append(float(sharding.to_host(metrics['loss'])))
     if run['updates'] and step == 0:
       snapshots.append(flatten(state.params))
@@ -176,7 +181,12 @@ def train_run(run: dict) -> dict:
     np.savez(os.path.join(args.out, f'{run["name"]}.npz'), **{f'first/{k}': first[k] - start[k] for k in flat},
              **{f'all/{k}': flat[k] - start[k] for k in flat})
   return {'losses': losses, 'devices': int(mesh.devices.size), 'processes': jax.process_count(), 'sharded': sharded,
-          'params': checksums(state.params)}
+          'rows_per_device': sorted(rows_per_device), 'params': checksums(state.params), 'argument_bytes': memory}
+
+
+def per_device_bytes(tree) -> int:
+  """Bytes of one device's shards of `tree` (arrays or ShapeDtypeStructs with shardings)."""
+  return sum(math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
 
 
 def flatten_shardings(params):
