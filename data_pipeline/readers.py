@@ -10,6 +10,9 @@ referred object's mask, the sentence and the ids. A data set adds only its file 
   YouTubeVOSReader         {train,valid}/JPEGImages + Annotations + meta_expressions/ (also the synthetic set)
   DAVISReader              DAVIS/ (2017, 480p) + davis_text_annotations/
 
+`examples` goes video by video: `expressions_by_video`, then `video_targets` per video (the expressions' target
+frames, after the checks and skips below); the frame store (data_pipeline/store.py) walks the same two steps.
+
 Previous frame: of the frames the video has on disk, the one nearest to `frame_index − δ` among those before the
 target (the first frame's previous frame is itself). With every frame on disk this is `max(first, t − δ)`;
 YouTube-VOS's train release keeps every 5th frame, so there δ = 6 picks the frame 5 earlier, as the reference does.
@@ -30,6 +33,7 @@ import json
 import os
 import random
 from collections.abc import Iterator, Mapping, Sequence
+from typing import NamedTuple
 
 import cv2
 import h5py
@@ -62,13 +66,14 @@ class Expression:
 @dataclasses.dataclass
 class SkipReport:
   """Annotations left out on purpose, by reason, with a few examples of each."""
+  EXAMPLES = 5  # kept per reason
   counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   examples: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
   def add(self, reason: str, what: str) -> None:
     self.counts[reason] += 1
     self.examples.setdefault(reason, [])
-    if len(self.examples[reason]) < 5:
+    if len(self.examples[reason]) < self.EXAMPLES:
       self.examples[reason].append(what)
 
   def as_dict(self) -> dict:
@@ -81,6 +86,11 @@ def previous_frame(available: Sequence[int], frame: int, delta: int) -> int:
   if not earlier:
     return frame
   return min(earlier, key=lambda n: (abs(n - (frame - delta)), n))
+
+
+def example_key(expression: Expression, frame: int) -> str:
+  """The unique key of an example: video/frame/object/expression."""
+  return f'{expression.video_id}/{frame}/{expression.object_id}/{expression.expression_id}'
 
 
 def _read_bytes(path: epath.Path) -> bytes:
@@ -303,6 +313,13 @@ class JHMDBMasks(Masks):
     return self._masks[:, :, frame - 1] * np.uint8(object_id == 1)
 
 
+class VideoTargets(NamedTuple):
+  """One opened video of a split and the target frames of each of its expressions (reader order)."""
+  video: Video
+  masks: Masks | None
+  targets: list[tuple[Expression, list[int]]]
+
+
 class RVOSReader(abc.ABC):
   """Base of all readers: subclasses list expressions and open videos and masks; this class builds examples."""
   name: str
@@ -352,35 +369,61 @@ class RVOSReader(abc.ABC):
     """Every sentence of every split (for the vocabulary)."""
     return sorted({e.sentence for split in self.splits() for e in self.expressions(split, SkipReport())})
 
-  def examples(self, split: str, skipped: SkipReport) -> Iterator[tuple[str, dict]]:
-    """(unique key, feature dict) for every target frame of every expression; videos are opened once each."""
+  def expressions_by_video(self, split: str, skipped: SkipReport) -> dict[str, list[Expression]]:
+    """The split's expressions grouped by video, videos sorted, each video's in the reader's order."""
     if split not in self.splits():
       raise ValueError(f'{self.name} has splits {self.splits()}, not {split!r}')
     by_video = collections.defaultdict(list)
     for expression in self.expressions(split, skipped):
       by_video[expression.video_id].append(expression)
-    for video_id in sorted(by_video):
-      video = self.video(split, video_id)
-      masks = self.masks(split, video_id)
-      for expression in by_video[video_id]:
-        described = f'{self.name}/{split} expression {expression.expression_id} ({expression.origin})'
-        if not expression.sentence.strip():
-          skipped.add('empty sentence', described)
-          continue
-        try:
-          frames = list(expression.frames) if expression.frames is not None else self.target_frames(
-              split, expression, video, masks)
-        except DataError as error:
-          raise DataError(f'{error} [{described}]') from None
-        if not frames:
-          skipped.add('object absent from every mask', f'{described}: object {expression.object_id}')
-          continue
+    return {video_id: by_video[video_id] for video_id in sorted(by_video)}
+
+  def video_targets(self, split: str, video_id: str, expressions: Sequence[Expression],
+                    skipped: SkipReport) -> VideoTargets:
+    """Opens a video and lists the target frames of its expressions; expressions with an empty sentence or no
+    target frame are reported in `skipped` and left out."""
+    video = self.video(split, video_id)
+    masks = self.masks(split, video_id)
+    targets = []
+    for expression in expressions:
+      described = self.described(split, expression)
+      if not expression.sentence.strip():
+        skipped.add('empty sentence', described)
+        continue
+      try:
+        frames = list(expression.frames) if expression.frames is not None else self.target_frames(
+            split, expression, video, masks)
+      except DataError as error:
+        raise DataError(f'{error} [{described}]') from None
+      if not frames:
+        skipped.add('object absent from every mask', f'{described}: object {expression.object_id}')
+        continue
+      targets.append((expression, frames))
+    return VideoTargets(video, masks, targets)
+
+  def described(self, split: str, expression: Expression) -> str:
+    """An expression for messages: where it was read."""
+    return f'{self.name}/{split} expression {expression.expression_id} ({expression.origin})'
+
+  def examples(self, split: str, skipped: SkipReport) -> Iterator[tuple[str, dict]]:
+    """(unique key, feature dict) for every target frame of every expression; videos are opened once each."""
+    for video_id, expressions in self.expressions_by_video(split, skipped).items():
+      video, masks, targets = self.video_targets(split, video_id, expressions, skipped)
+      for expression, frames in targets:
         for frame in frames:
-          key = f'{video_id}/{frame}/{expression.object_id}/{expression.expression_id}'
+          key = example_key(expression, frame)
           try:
             yield key, self._example(split, expression, video, masks, frame)
           except DataError as error:
-            raise DataError(f'{error} [example {key}, {described}]') from None
+            raise DataError(f'{error} [example {key}, {self.described(split, expression)}]') from None
+
+  def target_mask(self, expression: Expression, masks: Masks | None, frame: int, size: tuple[int, int]) -> np.ndarray:
+    """The referred object's uint8 0/1 mask [H, W] in a target frame of `size`; zeros where there is no ground
+    truth."""
+    mask = masks.mask(frame, expression.object_id) if masks is not None else np.zeros(size, np.uint8)
+    if mask.shape != size:
+      raise DataError(f'the mask of frame {frame} is {mask.shape}, the frame is {size}')
+    return mask
 
   def _example(self, split, expression, video, masks, frame) -> dict:
     previous = previous_frame(video.frame_numbers, frame, self.delta)
@@ -389,9 +432,7 @@ class RVOSReader(abc.ABC):
     if previous_size != size:
       raise DataError(f'frame {previous} is {previous_size}, frame {frame} is {size}')
     has_mask = masks is not None
-    mask = masks.mask(frame, expression.object_id) if has_mask else np.zeros(size, np.uint8)
-    if mask.shape != size:
-      raise DataError(f'the mask of frame {frame} is {mask.shape}, the frame is {size}')
+    mask = self.target_mask(expression, masks, frame, size)
     return {
         'frame': encoded,
         'prev_frame': previous_encoded,
@@ -501,11 +542,11 @@ class A2DListReader(RVOSReader):
   def masks(self, split, video_id):
     return A2DMasks(self.require('masks', video_id))
 
-  def _example(self, split, expression, video, masks, frame):
+  def target_mask(self, expression, masks, frame, size):
     if expression.object_id not in masks.object_ids(frame):
       raise DataError(f'instance {expression.object_id} has no mask in masks/{expression.video_id}/'
                       f'{frame:05d}.h5')
-    return super()._example(split, expression, video, masks, frame)
+    return super().target_mask(expression, masks, frame, size)
 
 
 class JHMDBSentencesReader(RVOSReader):
