@@ -53,7 +53,7 @@ flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not FLAGS['verbosity'].present:  # orbax and tfds log every file they touch at INFO; --verbosity=0 shows it
+  if not FLAGS['verbosity'].present:  # orbax logs every file they touch at INFO; --verbosity=0 shows it
     logging.set_verbosity(logging.WARNING)
   try:
     run(FLAGS.config)

@@ -112,18 +112,19 @@ def apply_options(config: ml_collections.ConfigDict, options: str) -> None:
 def data_config(train: str, evaluate: tuple[str, ...]) -> ml_collections.ConfigDict:
   """Where the data comes from and how it is read (data_pipeline/prepare.py, data_pipeline/input_pipeline.py)."""
   return ml_collections.ConfigDict({
-      'train': train,  # "<tfds name>:<split>"; '' for evaluation-only configs
+      'train': train,  # "<data set>:<split>"; '' for evaluation-only configs
       'evaluate': evaluate,
-      'data_dir': '',  # TFDS data directory; '' = the TFDS default (~/tensorflow_datasets)
+      'data_dir': '',  # where prepared data sets live (local or gs://); '' = ~/lbdt_jax_data
       # Release directories of the benchmarks, read by --mode=prepare (official layouts, see the README).
       'manual_dirs': {name: '' for name in ('a2d_sentences', 'jhmdb_sentences', 'ref_youtube_vos', 'ref_davis17',
                                             'synthetic_rvos')},
       'glove_path': '',  # glove.840B.300d.txt or .zip; '' = learned word embeddings (deterministic start)
       'delta': 6,  # frames between a frame and the frame its difference is taken with (paper: 6)
+      'max_delta': 9,  # the largest delta the prepared data serves (each frame it can pick is stored)
+      'prepare_splits': '',  # comma-separated: prepare only these splits ('' = all; several machines in parallel)
       'mask_resize': 'nearest',  # or 'bilinear_threshold' (the reference: bilinear, aligned corners, then > 0)
       'horizontal_flip': False,  # training augmentation; swaps "left"/"right" in the sentence with the image
-      'shuffle_buffer': 2_000,  # encoded examples held per process (a 720p pair is ~0.2 MB)
-      'num_threads': 0,  # tf.data threads; 0 = all cores
+      'num_threads': 0,  # threads reading and decoding examples; 0 = all cores
       'prefetch': 2,  # training batches read and put on the devices ahead of the step, in a thread
       'a2d_layout': 'release',  # or 'lists': images/, masks/, train.txt, val.txt of the official LBDT code
       'jhmdb_frames': 'all',  # or 'sample3' (MTTR/ReferFormer's 3 frames per video)

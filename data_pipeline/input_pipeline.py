@@ -1,6 +1,8 @@
-"""tf.data input pipeline: prepared TFDS examples → numpy batches for the model.
+"""What happens to one example on its way to the model: decode, resize, normalise, frame difference, tokens.
 
-Every batch is a dict of numpy arrays (b = the per-process batch size, N = max_words):
+`preprocess` works on one example of a frame store (`data_pipeline.store.SplitSource.example`) in TensorFlow
+(tf.image); `data_pipeline/loader.py` calls it in its reading threads and batches the results. Every batch is a
+dict of numpy arrays (b = the per-process batch size, N = max_words):
 
   frame             [b, H, W, 3] float32  ImageNet-normalised frame, resized to the config size (bilinear, antialiased)
   frame_difference  [b, H, W, 3] float32  |norm(I_t) − norm(I_{t−δ})|, as the reference computes it
@@ -13,20 +15,13 @@ Evaluation batches add the ground truth at its original size and the ids:
   orig_mask [b, h, w] uint8 (zero-padded to the batch's largest frame), orig_size [b, 2] int32 (h, w),
   has_mask [b] bool, valid [b] bool (False on the padding of the last batch), sentence, video_id [b] str,
   frame_index, prev_frame_index, object_id, expression_id [b] int32, and the data set's extra string features.
-
-Multi-host: each process reads its own contiguous slice of the split. Training slices are equal (the remainder is
-dropped) and batches drop their remainder; evaluation slices cover every example exactly once and every process
-yields the same number of batches, padding with `valid=False`. Training order is fixed by (seed, epoch) and
-`TrainIterator.get_state()` / `set_state()` save and restore the position.
 """
 
 import dataclasses
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from data_pipeline.tensorflow_cpu import tf
-import tensorflow_datasets as tfds
 
 from data_pipeline import glove, tokenizer
 from data_pipeline.normalisation import IMAGENET_MEAN, IMAGENET_STD
@@ -139,138 +134,3 @@ def preprocess(example: dict, sentence_table: SentenceTable, options: Preprocess
       if key not in IMAGE_FEATURES:
         out[key] = value
   return out
-
-
-def _read(builder: tfds.core.DatasetBuilder, split: str) -> tf.data.Dataset:
-  """Examples in their stored order, images left encoded (decoded in `preprocess`)."""
-  decoders = {key: tfds.decode.SkipDecoding() for key in IMAGE_FEATURES}
-  dataset = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
-                               read_config=tfds.ReadConfig(interleave_cycle_length=1))
-  options = tf.data.Options()
-  options.deterministic = True
-  return dataset.with_options(options)
-
-
-def _num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
-  if split not in builder.info.splits:
-    raise ValueError(f'{builder.name} has splits {sorted(builder.info.splits)}, not {split!r}')
-  return builder.info.splits[split].num_examples
-
-
-def _local_batch_size(global_batch_size: int, process_count: int) -> int:
-  if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(f'the global batch size ({global_batch_size}) must be a positive multiple of the number of '
-                     f'processes ({process_count})')
-  return global_batch_size // process_count
-
-
-class TrainIterator:
-  """Endless training batches in an order fixed by (seed, epoch); the position is {'epoch', 'batch'}."""
-
-  def __init__(self, builder: tfds.core.DatasetBuilder, split: str, sentence_table: SentenceTable,
-               options: Preprocessing, *, global_batch_size: int, seed: int, shuffle_buffer: int = 10_000,
-               process_index: int = 0, process_count: int = 1, num_threads: int | None = None):
-    self.batch_size = _local_batch_size(global_batch_size, process_count)
-    per_process = _num_examples(builder, split) // process_count
-    self.batches_per_epoch = per_process // self.batch_size
-    if self.batches_per_epoch == 0:
-      raise ValueError(f'{builder.name}/{split} has {per_process} examples per process, fewer than one batch of '
-                       f'{self.batch_size}')
-    self._split = f'{split}[{process_index * per_process}:{(process_index + 1) * per_process}]'
-    self._builder, self._table, self._options = builder, sentence_table, options
-    self._seed, self._shuffle_buffer, self._num_threads = seed, shuffle_buffer, num_threads
-    self._iterator = None
-    self.set_state({'epoch': 0, 'batch': 0})
-
-  def get_state(self) -> dict[str, int]:
-    return {'epoch': self._epoch, 'batch': self._batch}
-
-  def set_state(self, state: dict[str, int]) -> None:
-    epoch, batch = int(state['epoch']), int(state['batch'])
-    if epoch < 0 or batch < 0:
-      raise ValueError(f'invalid iterator position {state}')
-    if batch >= self.batches_per_epoch:  # restored onto more processes (smaller slices): the epoch is over
-      epoch, batch = epoch + 1, 0
-    self._epoch, self._batch = epoch, batch
-    self._iterator = None
-
-  def _epoch_dataset(self) -> tf.data.Dataset:
-    epoch_seed = self._seed * 100_003 + self._epoch  # one permutation per (seed, epoch)
-    dataset = _read(self._builder, self._split)
-    dataset = dataset.shuffle(self._shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-    dataset = dataset.enumerate().skip(self._batch * self.batch_size)
-    dataset = dataset.map(
-        lambda index, example: preprocess(example, self._table, self._options, train=True,
-                                          flip_seed=tf.stack([tf.cast(epoch_seed, tf.int64), index])),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.batch(self.batch_size, drop_remainder=True).prefetch(2)
-    if self._num_threads:
-      options = tf.data.Options()
-      options.threading.private_threadpool_size = self._num_threads
-      dataset = dataset.with_options(options)
-    return dataset
-
-  def __iter__(self) -> 'TrainIterator':
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    if self._iterator is None:
-      self._iterator = iter(tfds.as_numpy(self._epoch_dataset()))
-    batch = next(self._iterator)
-    self._batch += 1
-    if self._batch == self.batches_per_epoch:
-      self._epoch, self._batch, self._iterator = self._epoch + 1, 0, None
-    return batch
-
-
-def num_eval_batches(num_examples: int, global_batch_size: int, process_count: int = 1) -> int:
-  """Batches every process yields for a split of num_examples (the largest process slice, rounded up)."""
-  local = _local_batch_size(global_batch_size, process_count)
-  return math.ceil(math.ceil(num_examples / process_count) / local)
-
-
-def _pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-  missing = size - len(batch['valid'])
-  if missing == 0:
-    return batch
-  padded = {}
-  for key, value in batch.items():
-    filler = np.zeros((missing, *value.shape[1:]), value.dtype)
-    padded[key] = np.concatenate([value, filler])
-  return padded
-
-
-def eval_batches(builder: tfds.core.DatasetBuilder, split: str, sentence_table: SentenceTable,
-                 options: Preprocessing, *, global_batch_size: int, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-  """Every example of the split exactly once across processes, in stored order; `valid` marks real examples."""
-  batch_size = _local_batch_size(global_batch_size, process_count)
-  total = _num_examples(builder, split)
-  start, end = process_index * total // process_count, (process_index + 1) * total // process_count
-  num_batches = num_eval_batches(total, global_batch_size, process_count)
-  produced, last = 0, None
-  if end > start:
-    for batch in _numpy(_eval_dataset(builder, f'{split}[{start}:{end}]', sentence_table, options, batch_size)):
-      produced, last = produced + 1, _pad_batch(batch, batch_size)
-      yield last
-  if produced < num_batches:  # another process has one batch more: keep the step counts equal
-    if last is None:  # this process has no examples at all: take the shapes from the split's first one
-      last = _pad_batch(next(_numpy(_eval_dataset(builder, f'{split}[:1]', sentence_table, options, batch_size))),
-                        batch_size)
-    filler = {key: np.zeros_like(value) for key, value in last.items()}
-    for _ in range(num_batches - produced):
-      yield filler
-
-
-def _eval_dataset(builder, split, sentence_table, options, batch_size) -> tf.data.Dataset:
-  dataset = _read(builder, split).map(lambda example: preprocess(example, sentence_table, options, train=False),
-                                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  dataset = dataset.map(lambda example: {**example, 'valid': tf.constant(True)})
-  return dataset.padded_batch(batch_size).prefetch(2)
-
-
-def _numpy(dataset: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
-  """Batches as numpy, strings decoded to str."""
-  for batch in tfds.as_numpy(dataset):
-    yield {key: np.char.decode(value.astype(bytes), 'utf-8') if value.dtype == object else value
-           for key, value in batch.items()}

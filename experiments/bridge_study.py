@@ -61,6 +61,10 @@ VARIANTS = (
             '—'),
     Variant('lbdt4', 'lbdt4', 'LBDT-4 (four transfer layers per stage)', 'Tab. 1: LBDT-4 70.4 / 62.1 vs LBDT-1 '
             '70.1 / 61.2'),
+    # Tab. 6: the frame interval δ of the frame difference (`full` is δ = 6). One prepared store serves them all.
+    Variant('delta1', 'lbdt1,delta=1', 'LBDT-1 with frame interval δ = 1', 'Tab. 6 δ=1: 68.9 / 60.0'),
+    Variant('delta3', 'lbdt1,delta=3', 'LBDT-1 with frame interval δ = 3', 'Tab. 6 δ=3: 69.4 / 60.1'),
+    Variant('delta9', 'lbdt1,delta=9', 'LBDT-1 with frame interval δ = 9', 'Tab. 6 stops at δ=7: 69.0 / 60.8'),
 )
 VARIANTS_BY_NAME = {v.name: v for v in VARIANTS}
 
@@ -198,7 +202,7 @@ def main(argv=None):
   parser.add_argument('--workdir', default='runs/bridge_study')
   parser.add_argument('--output', default='docs/study')
   parser.add_argument('--config', default='configs/study.py')
-  parser.add_argument('--data-dir', default='', help='TFDS data directory (default: the TFDS default)')
+  parser.add_argument('--data-dir', default='', help='prepared data (default: config.data.data_dir)')
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                       help='config override for every run, e.g. --set train.num_steps=100')
   args = parser.parse_args(argv)

@@ -30,7 +30,7 @@ from absl import logging
 from etils import epath
 from pycocotools import mask as mask_utils
 
-from data_pipeline import glove, input_pipeline, prepare, tokenizer
+from data_pipeline import glove, input_pipeline, loader, prepare, tokenizer
 from lbdt_jax import checkpointing, inference, metrics, model_dir, paths, progress, sharding, visualize
 from lbdt_jax.models import LBDT, LBDTConfig
 
@@ -171,9 +171,9 @@ class _Pictures:
     return visualize.save_png(directory / f'attention_stage{stage}_layer{layer}.png', picture)
 
 
-def evaluate_split(config, model, mesh, params, batch_stats, builder, split: str, sentences,
+def evaluate_split(config, model, mesh, params, batch_stats, source, sentences,
                    pictures: _Pictures | None = None) -> list[dict]:
-  """Per-sample records of this process's share of the split."""
+  """Per-sample records of this process's share of a split (`source`: a `SplitSource` of a frame store)."""
   if config.eval.protocol not in PROTOCOLS:
     raise ValueError(f'config.eval.protocol must be one of {PROTOCOLS}, got {config.eval.protocol!r}')
   if config.eval.protocol == 'reference' and config.data.mask_resize != 'bilinear_threshold':
@@ -182,18 +182,19 @@ def evaluate_split(config, model, mesh, params, batch_stats, builder, split: str
   sharding.local_batch_size(config.eval.batch_size, mesh, 'config.eval.batch_size')
   predict = _compiled_predictor(model, mesh)
   records = []
-  batches = input_pipeline.eval_batches(builder, split, sentences, input_pipeline.Preprocessing.from_config(config),
-                                        global_batch_size=config.eval.batch_size,
-                                        process_index=jax.process_index(), process_count=jax.process_count())
-  total = input_pipeline.num_eval_batches(builder.info.splits[split].num_examples, config.eval.batch_size,
-                                          jax.process_count())
-  with progress.Progress(total=total, unit='batch', desc=f'evaluate {builder.name}:{split}', leave=False) as bar:
+  batches = loader.eval_batches(source, sentences, input_pipeline.Preprocessing.from_config(config),
+                                delta=config.data.delta, global_batch_size=config.eval.batch_size,
+                                process_index=jax.process_index(), process_count=jax.process_count(),
+                                num_threads=config.data.num_threads)
+  total = loader.num_eval_batches(len(source), config.eval.batch_size, jax.process_count())
+  name = f'{source.name}:{source.split}'
+  with progress.Progress(total=total, unit='batch', desc=f'evaluate {name}', leave=False) as bar:
     for index, batch in enumerate(batches):
       inputs = sharding.global_batch({key: batch[key] for key in MODEL_INPUTS}, mesh)
       if index == 0:
-        sharding.compile_together(predict, params, batch_stats, inputs, name=f'predict {builder.name}:{split}')
+        sharding.compile_together(predict, params, batch_stats, inputs, name=f'predict {name}')
       probabilities = sharding.local_rows(predict(params, batch_stats, inputs))
-      records += _sample_records(builder.name, batch, probabilities, config.eval.protocol)
+      records += _sample_records(source.name, batch, probabilities, config.eval.protocol)
       if pictures is not None:
         pictures.add(batch, probabilities)
       bar.update()
@@ -231,7 +232,7 @@ def run_evaluation(config, model, mesh, params, batch_stats, prepared: dict, tab
   collector = _Pictures(pictures) if pictures and jax.process_index() == 0 else None
   for spec in config.data.evaluate:
     name, split = prepare.parse_dataset_split(spec)
-    records = evaluate_split(config, model, mesh, params, batch_stats, prepared[name], split, sentences,
+    records = evaluate_split(config, model, mesh, params, batch_stats, prepared[name].split(split), sentences,
                              collector if spec == config.data.evaluate[0] else None)
     records = _gather_records(records, directory, f'{name}_{split}')
     if records is None:

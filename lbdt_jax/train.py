@@ -20,7 +20,7 @@ from absl import logging
 from clu import periodic_actions
 from jax.sharding import PartitionSpec as P
 
-from data_pipeline import glove, input_pipeline, prepare
+from data_pipeline import glove, input_pipeline, loader, prepare
 from lbdt_jax import (checkpointing, convert, evaluate, export, model_dir, paths, preemption, prefetch, progress,
                       sharding)
 from lbdt_jax.losses import segmentation_loss
@@ -205,7 +205,7 @@ class Trainer:
   mesh: jax.sharding.Mesh
   table: glove.WordTable
   prepared: dict
-  train_iterator: input_pipeline.TrainIterator
+  train_iterator: loader.TrainIterator
   state: TrainState
   state_shardings: object
   step_fn: Callable
@@ -249,9 +249,9 @@ def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
   table = prepare.word_table(prepared)
   sentences = input_pipeline.SentenceTable(prepare.sentences(prepared), table, config.max_words)
   name, split = prepare.parse_dataset_split(config.data.train)
-  train_iterator = input_pipeline.TrainIterator(
-      prepared[name], split, sentences, input_pipeline.Preprocessing.from_config(config),
-      global_batch_size=config.train.batch_size, seed=config.seed, shuffle_buffer=config.data.shuffle_buffer,
+  train_iterator = loader.TrainIterator(
+      prepared[name].split(split), sentences, input_pipeline.Preprocessing.from_config(config),
+      delta=config.data.delta, global_batch_size=config.train.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count(), num_threads=config.data.num_threads)
   steps_per_epoch = train_iterator.batches_per_epoch
   total_steps = config.train.num_steps if config.train.num_steps > 0 else config.train.num_epochs * steps_per_epoch

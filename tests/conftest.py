@@ -138,7 +138,7 @@ def data_dir(tmp_path_factory):
   """The tiny synthetic set, prepared once for every test of this process (and for the subprocesses they start)."""
   from configs import tiny  # pylint: disable=import-outside-toplevel
   from data_pipeline import prepare  # pylint: disable=import-outside-toplevel
-  path = tmp_path_factory.mktemp('tfds')
+  path = tmp_path_factory.mktemp('data')
   config = tiny.get_config()
   config.data.data_dir = str(path)
   prepare.prepare(config)

@@ -38,7 +38,7 @@ def evaluation_config(tmp_path, model_directory, dataset, split, write_release):
   config = tiny.get_config()
   config.data.train = ''
   config.data.evaluate = (f'{dataset}:{split}',)
-  config.data.data_dir = str(tmp_path / 'tfds')
+  config.data.data_dir = str(tmp_path / 'data')
   config.data.manual_dirs[dataset] = str(tmp_path / 'release')
   config.init.checkpoint = model_directory
   return config
@@ -86,7 +86,7 @@ def test_reference_protocol_needs_the_reference_ground_truth(tmp_path, model_dir
 
 def test_nothing_to_evaluate_is_a_clear_error(tmp_path):
   config = tiny.get_config()
-  config.data.data_dir = str(tmp_path / 'tfds')
+  config.data.data_dir = str(tmp_path / 'data')
   with pytest.raises(FileNotFoundError, match='Nothing to evaluate'):
     evaluate.evaluate(config, str(tmp_path / 'empty'))
 
@@ -113,5 +113,5 @@ def test_config_options_for_data_and_evaluation():
 
 def test_command_line_reports_bad_values(tmp_path, capsys):
   status = run_main(f'--config={ROOT / "configs" / "tiny.py"}', '--config.model.bridge=words',
-                    f'--workdir={tmp_path}', f'--config.data.data_dir={tmp_path}/tfds')
+                    f'--workdir={tmp_path}', f'--config.data.data_dir={tmp_path}/data')
   assert status == 1 and "bridge='words'" in capsys.readouterr().err

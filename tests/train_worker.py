@@ -50,7 +50,7 @@ if args.coordinator:
   jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
 
 from configs import tiny  # noqa: E402
-from data_pipeline import input_pipeline, prepare  # noqa: E402
+from data_pipeline import input_pipeline, loader, prepare  # noqa: E402
 from lbdt_jax import checkpointing, sharding, train  # noqa: E402
 from lbdt_jax.models import LBDT  # noqa: E402
 
@@ -154,9 +154,10 @@ def train_run(run: dict) -> dict:
   # Every process reads the global batches a single process would read and keeps its rows, so that runs with any
   # number of processes see the same data.
   name, split = prepare.parse_dataset_split(config.data.train)
-  global_batches = input_pipeline.TrainIterator(
-      prepared[name], split, input_pipeline.SentenceTable(prepare.sentences(prepared), table, config.max_words),
-      input_pipeline.Preprocessing.from_config(config), global_batch_size=run['batch_size'], seed=config.seed)
+  global_batches = loader.TrainIterator(
+      prepared[name].split(split), input_pipeline.SentenceTable(prepare.sentences(prepared), table, config.max_words),
+      input_pipeline.Preprocessing.from_config(config), delta=config.data.delta, global_batch_size=run['batch_size'],
+      seed=config.seed)
   if args.num_processes == 1:
     state, _, step_fn, _ = train.create_state_and_step(config, LBDT(train.model_config(config)), mesh, table,
                                                        global_batches.batches_per_epoch)
