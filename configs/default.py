@@ -15,6 +15,13 @@
   stages=45       Tab. 7: encoder stages with LBDT modules (digits)
   adam            plain Adam with L2 weight decay, as the paper's text says (the code uses AdamW)
   reference_eval  score exactly as the official eval.py (bilinear ground truth at 320, nearest back up)
+  gpu             one NVIDIA GPU of 80-141 GB per device (H100, H200): bfloat16, 32 training and 64 evaluation
+                  examples per device, learning rate scaled with the global batch (square root, unverified)
+  tpu             one TPU core per device, sized for a v5e's 16 GiB: bfloat16, 16 training and 32 evaluation
+                  examples per device, learning rate scaled as for gpu
+
+gpu and tpu make the global batch depend on the devices of the run (lbdt_jax/batch_sizes.py resolves it); without
+them the recipe is the paper's: global batch 8, AdamW lr 1e-4, float32.
 
 Everything else is overridable from the command line, e.g. `--config.optimizer.learning_rate=2e-4`.
 """
@@ -33,6 +40,25 @@ MODEL_SWITCHES = {
     'single_stream': {'temporal_encoder': False},
     'paper_form': {'share_direction_weights': False},
 }
+# Execution settings per accelerator; none of them changes the model (a checkpoint serves any of them). The batch
+# sizes are starting points, not measurements: no GPU or TPU has run lbdt-jax yet (benchmarks/accelerator_check.py
+# measures them). The data loader keeps its default, all host cores (config.data.num_threads = 0): at the rates
+# these batches aim for, reading and decoding frames needs many cores per accelerator (docs/performance.md).
+ACCELERATORS = {
+    # XLA's memory accounting of the LBDT-4 bfloat16 training step at 320x320, compiled for the CPU: 2.2 GiB at one
+    # example (1.1 GB of it parameters and AdamW state) and 0.74 GiB per further example. 32 per device come to
+    # about 25 GiB, within the 60 GiB JAX takes of an 80 GB H100 by default; evaluation keeps no activations for a
+    # backward pass (1.1 GiB at 8 examples by the same accounting).
+    'gpu': {'model': {'dtype': 'bfloat16', 'remat': False},
+            'train': {'per_device_batch_size': 32}, 'eval': {'per_device_batch_size': 64},
+            'optimizer': {'lr_batch_scaling': 'sqrt'}},
+    # A v5e core has 16 GiB: 16 examples come to about 13 GiB by the same accounting. Recomputing the encoders'
+    # activations (model.remat) did not lower it (2.2 and 2.9 GiB at 1 and 2 examples without, 2.2 and 3.0 with),
+    # so it stays off. Cores with more memory (v5p 95 GiB, v4 and v6e 32 GiB) can take more examples.
+    'tpu': {'model': {'dtype': 'bfloat16', 'remat': False},
+            'train': {'per_device_batch_size': 16}, 'eval': {'per_device_batch_size': 32},
+            'optimizer': {'lr_batch_scaling': 'sqrt'}},
+}
 
 
 def get_config(options: str = 'lbdt4') -> ml_collections.ConfigDict:
@@ -45,6 +71,8 @@ def get_config(options: str = 'lbdt4') -> ml_collections.ConfigDict:
   config.data = data_config(train='a2d_sentences:train', evaluate=('a2d_sentences:test',))
   config.train = ml_collections.ConfigDict({
       'batch_size': 8,  # global, over all devices and processes
+      # > 0: examples per device in each microbatch; batch_size becomes this x devices x accumulation_steps
+      'per_device_batch_size': 0,
       'num_epochs': 15,
       'num_steps': 0,  # > 0 overrides num_epochs
       'accumulation_steps': 1,  # microbatches per step (gradients averaged; BatchNorm sees each microbatch)
@@ -67,9 +95,14 @@ def get_config(options: str = 'lbdt4') -> ml_collections.ConfigDict:
       'decay_epochs': (10, 12, 14),  # torch MultiStepLR milestones of the reference
       'decay_factor': 0.5,
       'grad_clip_norm': 0.0,  # 0: no clipping (the reference clips nothing)
+      # The learning rate is for a global batch of base_batch_size; at another batch it is scaled by
+      # (batch_size / base_batch_size) ** 0.5 ('sqrt') or ** 1 ('linear'), or kept ('none'). Unverified for LBDT.
+      'lr_batch_scaling': 'none',
+      'base_batch_size': 8,
   })
   config.eval = ml_collections.ConfigDict({
       'batch_size': 8,
+      'per_device_batch_size': 0,  # > 0: batch_size becomes this x devices
       'protocol': 'original',  # score at the original frame size; 'reference' = the official eval.py
       'pictures': 0,  # > 0: draw this many predictions (and a clip) into workdir/pictures
       'attention_maps': False,  # with pictures: the first one's word attention maps (paper Fig. 6)
@@ -104,9 +137,12 @@ def apply_options(config: ml_collections.ConfigDict, options: str) -> None:
     elif name == 'reference_eval':
       config.eval.protocol = 'reference'
       config.data.mask_resize = 'bilinear_threshold'
+    elif name in ACCELERATORS:
+      for part, values in ACCELERATORS[name].items():
+        config[part].update(values)
     else:
       raise ValueError(f'Unknown config option {option!r}: choose from {sorted(LAYERS)}, {sorted(MODEL_SWITCHES)}, '
-                       'delta=N, stages=DIGITS, adam, reference_eval')
+                       f'delta=N, stages=DIGITS, adam, reference_eval, {", ".join(sorted(ACCELERATORS))}')
 
 
 def data_config(train: str, evaluate: tuple[str, ...]) -> ml_collections.ConfigDict:

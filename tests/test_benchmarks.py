@@ -1,9 +1,12 @@
-"""The benchmarks' machinery (timing method, FLOP convention, memory, the reference comparison's pieces) and the
-language-bridge study's bookkeeping. Timings themselves are never asserted."""
+"""The benchmarks' machinery (timing method, FLOP convention, memory, the reference comparison's pieces), the
+accelerator check, and the language-bridge study's bookkeeping. Timings themselves are never asserted."""
 
+import argparse
+import dataclasses
 import json
 import mmap
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -12,8 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import compare_reference, flops, harness, throughput
+from benchmarks import accelerator_check, compare_reference, flops, harness, throughput
 from experiments import bridge_study
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_time_calls_warms_up_cycles_inputs_and_waits_once_per_measurement():
@@ -142,6 +147,109 @@ def test_reference_inputs_are_nchw_with_a_stage5_image_mask():
   np.testing.assert_array_equal(frame.numpy(), inputs['frame'].transpose(0, 3, 1, 2))
   assert difference.shape == (2, 3, 64, 64) and words.dtype == torch.float32
   assert word_mask.dtype == torch.int64 and image_mask.shape == (2, 4) and bool(image_mask.all())
+
+
+@pytest.mark.heavy(40)
+def test_accelerator_check_runs_end_to_end_and_reports_a_failing_step(tmp_path):
+  """--quick on the CPU, as a user runs it: one JSON with the device, the versions, every step and the targets.
+  The training step is stopped at a 1-second limit: it is reported failed with the reason, the check carries on to
+  the last step, and exits with status 1."""
+  output = tmp_path / 'check.json'
+  result = subprocess.run([sys.executable, '-m', 'benchmarks.accelerator_check', '--platform', 'cpu', '--quick',
+                           '--limit', 'training=1', '--json', str(output)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, check=False)
+  assert result.returncode == 1, result.stdout[-4000:] + result.stderr[-4000:]
+  report = json.loads(output.read_text())
+  assert report['device']['backend'] == 'cpu' and report['device']['device_count'] == 1
+  assert report['versions']['jax'] == jax.__version__ and report['quick']
+  steps = report['steps']
+  assert {name: step['status'] for name, step in steps.items()} == {
+      'device': 'passed', 'parity_float32': 'skipped', 'parity_bfloat16': 'skipped', 'inference': 'passed',
+      'training': 'failed', 'compare_reference': 'skipped'}
+  assert list(steps) == list(accelerator_check.STEPS)
+  assert 'time limit of 1 s' in steps['training']['error'] and steps['training']['seconds'] < 10
+  assert 'full LBDT-4' in steps['parity_float32']['reason'] and 'no --reference' in steps['compare_reference']['reason']
+  inference = steps['inference']['result']
+  assert inference['dtype'] == 'bfloat16' and [r['batch'] for r in inference['results']] == [2]
+  assert inference['results'][0]['items_per_second'] > 0 and inference['results'][0]['model_flops_utilisation'] > 0
+  assert [t['name'] for t in report['targets']] == ['inference_frames_per_second', 'training_mfu',
+                                                    'speedup_inference', 'speedup_training']
+  assert all(t['passed'] is None for t in report['targets']) and not report['passed']
+  assert 'FAILED: training' in result.stdout
+
+
+def _accelerator_steps(device: str) -> dict:
+  """Step records as an H100 run writes them (only the fields the targets read)."""
+  vendor = f'dense peak of {device} (vendor)'
+  return {
+      'device': {'status': 'passed', 'result': {'device': device, 'backend': 'gpu'}},
+      'inference': {'status': 'passed', 'result': {'results': [
+          {'batch': 8, 'items_per_second': 800.0, 'model_flops_utilisation': 0.06},
+          {'batch': 256, 'items_per_second': 4200.0, 'model_flops_utilisation': 0.32}]}},
+      'training': {'status': 'passed', 'result': {'peak': {'source': vendor}, 'results': [
+          {'batch': 8, 'items_per_second': 300.0, 'model_flops_utilisation': 0.2},
+          {'batch': 32, 'items_per_second': 600.0, 'model_flops_utilisation': 0.35}]}},
+      # The reference: 400 frames/s at batch 8 (ours in float32 twice that), 80 samples/s in training.
+      'compare_reference': {'status': 'passed', 'result': {
+          'machine': {'torch_device': 'cuda'},
+          'inference': {'8': {'reference': {'median': 0.02}, 'ours': {'median': 0.01}}},
+          'training': {'reference': {'median': 0.1}, 'ours': {'median': 0.05}}}}}
+
+
+def test_accelerator_targets_are_judged_where_they_apply():
+  rows = {row['name']: row for row in accelerator_check.targets(
+      _accelerator_steps('NVIDIA H100 80GB HBM3'), accelerator_check.FULL, quick=False)}
+  assert rows['inference_frames_per_second']['value'] == 4200 and rows['inference_frames_per_second']['passed']
+  assert rows['training_mfu']['value'] == 0.35 and rows['training_mfu']['passed'] is False
+  # Ours in bfloat16 at the comparison's batch (8) against the reference: 800 / 400 and 300 / 80.
+  assert rows['speedup_inference']['value'] == pytest.approx(2.0) and rows['speedup_inference']['passed'] is False
+  assert rows['speedup_inference']['float32_speedup'] == pytest.approx(2.0)
+  assert rows['speedup_training']['value'] == pytest.approx(3.75) and rows['speedup_training']['passed']
+  # The frame rate's target is for H100/H200; a quick run judges nothing.
+  steps = _accelerator_steps('NVIDIA A100-SXM4-80GB')
+  rows = {row['name']: row for row in accelerator_check.targets(steps, accelerator_check.FULL, quick=False)}
+  assert rows['inference_frames_per_second']['passed'] is None and 'H100' in rows['inference_frames_per_second']['note']
+  assert rows['training_mfu']['passed'] is False
+  assert all(row['passed'] is None for row in accelerator_check.targets(steps, accelerator_check.QUICK, quick=True))
+  # Without a comparison on CUDA the speed-ups are not judged.
+  steps['compare_reference'] = {'status': 'skipped', 'result': None}
+  rows = {row['name']: row for row in accelerator_check.targets(steps, accelerator_check.FULL, quick=False)}
+  assert rows['speedup_training']['value'] is None and rows['speedup_training']['passed'] is None
+
+
+def test_accelerator_parity_step_keeps_every_case_and_fails_beyond_tolerance(monkeypatch):
+  from lbdt_jax.tools import check_reference  # pylint: disable=import-outside-toplevel
+
+  def run_case(case_dir, dtype=None):
+    error = 3e-2 if case_dir.endswith('train_loss') else 1e-2
+    return check_reference.build_report({'pred': np.ones(4)}, lambda base: np.full(4, 1 + error), case=case_dir,
+                                        mode='eval', dtype=dtype, inject_positional_encodings=False)
+
+  monkeypatch.setattr(check_reference, 'run_case', run_case)
+  plan = dataclasses.replace(accelerator_check.FULL,
+                             parity_cases={'bfloat16': ('case_lbdt4_eval', 'case_lbdt4_train_loss')})
+  saved = []
+  with pytest.raises(accelerator_check.CheckFailed,
+                     match=r'bfloat16 parity missed its tolerances: case_lbdt4_train_loss: pred 3\.00e-02 > 0\.02'):
+    accelerator_check.parity_step(plan, 'bfloat16', saved.append)
+  cases = saved[-1]['cases']
+  assert cases['case_lbdt4_eval']['passed'] and cases['case_lbdt4_eval']['tensors']['pred'] == pytest.approx(1e-2)
+  assert not cases['case_lbdt4_train_loss']['passed']
+
+
+def test_accelerator_comparison_is_skipped_without_a_checkout_and_fails_on_a_wrong_one(tmp_path):
+  args = argparse.Namespace(reference=None, platform='cpu', out=str(tmp_path / 'step.json'))
+  assert accelerator_check.run_step('compare_reference', accelerator_check.QUICK, args) == 0
+  assert 'no --reference' in json.loads((tmp_path / 'step.json').read_text())['skipped']
+  pytest.importorskip('torch')
+  args.reference = str(tmp_path)
+  assert accelerator_check.run_step('compare_reference', accelerator_check.QUICK, args) == 1
+  assert 'lacks models/LBDT_4.py' in json.loads((tmp_path / 'step.json').read_text())['error']
+
+
+def test_accelerator_check_refuses_an_unknown_step_limit():
+  with pytest.raises(SystemExit):
+    accelerator_check.main(['--limit', 'warmup=10'])
 
 
 def _fake_results(value: float) -> dict:
