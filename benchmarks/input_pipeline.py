@@ -144,7 +144,8 @@ def cores_per_accelerator(rows: list[dict]) -> list[dict]:
   cpu = {pipeline: statistics.median(run['cpu_seconds_per_sample'] for row in rows if row['pipeline'] == pipeline
                                      for run in row['runs']) for pipeline in PIPELINES}
   return [{'target': target, 'samples_per_second': rate, 'cpu_seconds_per_sample': cpu,
-           'cores': {pipeline: rate * seconds for pipeline, seconds in cpu.items()}} for target, rate in TARGETS.items()]
+           'cores': {pipeline: rate * seconds for pipeline, seconds in cpu.items()}}
+          for target, rate in TARGETS.items()]
 
 
 def _seconds(values: dict[str, float]) -> str:
@@ -155,18 +156,19 @@ def print_tables(result: dict) -> None:
   width, height = result['source_size']
   print(f'{harness.describe(result["machine"])}; {result["samples"]} samples, {width}x{height} JPEG frames '
         f'({result["frame_bytes_mean"] / 1024:.0f} KiB each) → {result["input_size"]}x{result["input_size"]}, batch '
-        f'{result["batch"]}, {result["batches"]} batches per measurement, {result["repeats"]} repeats')
+        f'{result["batch"]}, {result["batches"]} batches per measurement, {result["repeats"]} repeats; load average '
+        f'{result["load_average"]["start"]:.1f} at the start, {result["load_average"]["end"]:.1f} at the end')
   print(metrics.markdown_table(
-      ['pipeline', 'reading threads', 'samples/s (median)', 'min–max', 'CPU s/sample (median)', 'min–max'],
+      ['pipeline', 'reading threads', 'samples/s (median)', 'min–max', 'CPU ms/sample (median)', 'min–max'],
       [[row['pipeline'], row['threads'], f'{row["samples_per_second"]["median"]:.1f}',
         f'{row["samples_per_second"]["min"]:.1f}–{row["samples_per_second"]["max"]:.1f}',
-        f'{row["cpu_seconds_per_sample"]["median"]:.4f}',
-        f'{row["cpu_seconds_per_sample"]["min"]:.4f}–{row["cpu_seconds_per_sample"]["max"]:.4f}']
+        f'{1000 * row["cpu_seconds_per_sample"]["median"]:.1f}',
+        f'{1000 * row["cpu_seconds_per_sample"]["min"]:.1f}–{1000 * row["cpu_seconds_per_sample"]["max"]:.1f}']
        for row in result['rows']]))
   print(metrics.markdown_table(
       ['accelerator target', 'samples/s', *(f'cores: {pipeline}' for pipeline in PIPELINES)],
-      [[row['target'], f'{row["samples_per_second"]:,.0f}', *(f'{row["cores"][pipeline]:.0f}' for pipeline in PIPELINES)]
-       for row in result['cores_per_accelerator']]))
+      [[row['target'], f'{row["samples_per_second"]:,.0f}',
+        *(f'{row["cores"][pipeline]:.0f}' for pipeline in PIPELINES)] for row in result['cores_per_accelerator']]))
   first = result['first_batch']
   print(f'First batch (store, {first["threads"]} reading threads), seconds: median (min–max)')
   print(metrics.markdown_table(
@@ -194,6 +196,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   width, height = args.source_size
   options = input_pipeline.Preprocessing(height=args.size, width=args.size)
+  load_before = os.getloadavg()
   with contextlib.ExitStack() as stack:
     work_dir = pathlib.Path(args.work_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix='lbdt_input_')))
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +214,9 @@ def main(argv=None):
       'machine': harness.machine(), 'source_size': [width, height],
       'rendered_at': list(prepared_size.rendered_size(width, height)), 'frame_bytes_mean': frame_bytes_mean,
       'input_size': args.size, 'batch': args.batch, 'batches': args.batches, 'repeats': args.repeats,
-      'delta': args.delta, 'samples': len(source), 'previous_shuffle_buffer': shuffle_buffer, 'rows': rows,
+      'delta': args.delta, 'samples': len(source), 'previous_shuffle_buffer': shuffle_buffer,
+      # Other work on a shared machine slows the pipelines down (CPU time per sample less than samples/s).
+      'load_average': {'start': load_before[0], 'end': os.getloadavg()[0]}, 'rows': rows,
       'cores_per_accelerator': cores_per_accelerator(rows),
       'first_batch': {'threads': len(os.sched_getaffinity(0)),
                       **{kind: {key: spread([run[key] for run in runs]) for key in runs[0]} | {'runs': runs}

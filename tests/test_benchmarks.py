@@ -10,12 +10,18 @@ import pathlib
 import subprocess
 import sys
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from benchmarks import accelerator_check, compare_reference, flops, harness, throughput
+from benchmarks import input_pipeline as input_pipeline_benchmark
+from benchmarks import prepared_size
+from data_pipeline import store
+from data_pipeline.tensorflow_cpu import tf
 from experiments import bridge_study
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -250,6 +256,73 @@ def test_accelerator_comparison_is_skipped_without_a_checkout_and_fails_on_a_wro
 def test_accelerator_check_refuses_an_unknown_step_limit():
   with pytest.raises(SystemExit):
     accelerator_check.main(['--limit', 'warmup=10'])
+
+
+def _files_bytes(root) -> int:
+  return sum(os.path.getsize(os.path.join(directory, name)) for directory, _, names in os.walk(root) for name in names)
+
+
+def test_prepared_size_adds_up_to_the_files_of_release_and_store(tmp_path, monkeypatch):
+  """Two tiny sizes, the first larger than the generator renders (as 1280x720 is): enlarged to the asked size."""
+  monkeypatch.setattr(prepared_size, 'GENERATOR_MAX_SIDE', 64)
+  result = prepared_size.main(['--sizes', '96x64,48x48', '--videos', '2', '--frames', '4', '--work-dir',
+                               str(tmp_path), '--json', str(tmp_path / 'sizes.json')])
+  assert json.loads((tmp_path / 'sizes.json').read_text()) == result
+  enlarged, small = result['results']
+  assert enlarged['rendered_at'] == [64, 43] and small['rendered_at'] == [48, 48]
+  release = tmp_path / 'release_96x64_2x4'
+  assert cv2.imread(str(next(release.glob('train/JPEGImages/*/*.jpg')))).shape == (64, 96, 3)
+  with Image.open(next(release.glob('train/Annotations/*/*.png'))) as annotation:
+    assert annotation.mode == 'P' and annotation.size == (96, 64)
+  for row in result['results']:
+    name = f'{row["width"]}x{row["height"]}_2x4'
+    sizes, stored, previous = row['release'], row['store'], row['previous_layout']
+    assert sizes['bytes'] == _files_bytes(tmp_path / f'release_{name}') - os.path.getsize(
+        tmp_path / f'release_{name}' / 'synthetic_rvos.json')
+    assert sizes['bytes'] == sizes['frames_bytes'] + sizes['annotations_bytes'] + sizes['metadata_bytes']
+    assert stored['bytes'] == _files_bytes(tmp_path / f'store_{name}')
+    assert stored['bytes'] == stored['frames_bytes'] + stored['masks_bytes'] + stored['index_bytes']
+    assert 0 < stored['frames_bytes'] <= sizes['frames_bytes'] and stored['masks_bytes'] > 0
+    assert previous['bytes'] == previous['frames_bytes'] + previous['previous_frames_bytes'] + previous['masks_bytes']
+    assert previous['masks_bytes'] >= stored['masks_bytes']  # every stored mask is some sample's
+    assert row['release_frames'] == 8 and 0 < row['stored_frames'] <= 8 and row['samples'] > 0
+    assert row['store_ratio'] == pytest.approx(stored['bytes'] / sizes['bytes'])
+    assert row['previous_layout_ratio'] == pytest.approx(previous['bytes'] / sizes['bytes'])
+  assert result['passed'] == all(row['store_ratio'] <= prepared_size.TARGET_RATIO for row in result['results'])
+
+
+def test_input_pipeline_benchmark_measures_both_layouts_and_the_first_batch(tmp_path):
+  result = input_pipeline_benchmark.main(
+      ['--source-size', '64x48', '--size', '32', '--videos', '2', '--frames', '4', '--batch', '2', '--batches', '2',
+       '--repeats', '2', '--threads', '1,2', '--work-dir', str(tmp_path), '--json', str(tmp_path / 'input.json')])
+  assert json.loads((tmp_path / 'input.json').read_text()) == result
+  assert min(result['load_average'].values()) >= 0
+  assert [(row['pipeline'], row['threads']) for row in result['rows']] == [
+      ('store', 1), ('previous', 1), ('store', 2), ('previous', 2)]
+  for row in result['rows']:
+    assert len(row['runs']) == 2
+    for key in ('samples_per_second', 'cpu_seconds_per_sample'):
+      values = [run[key] for run in row['runs']]
+      assert min(values) > 0 and row[key] == {'median': np.median(values), 'min': min(values), 'max': max(values)}
+  for target in result['cores_per_accelerator']:
+    for pipeline in input_pipeline_benchmark.PIPELINES:
+      cpu = np.median([run['cpu_seconds_per_sample'] for row in result['rows'] if row['pipeline'] == pipeline
+                       for run in row['runs']])
+      assert target['cores'][pipeline] == pytest.approx(target['samples_per_second'] * cpu)
+  for kind in ('start', 'resume'):
+    for run in result['first_batch'][kind]['runs']:
+      assert min(run.values()) > 0
+      assert run['total_seconds'] == pytest.approx(run['open_seconds'] + run['iterator_seconds']
+                                                   + run['first_batch_seconds'])
+  # The previous layout's file holds every sample, each with its frames and mask as the store gives them.
+  source = store.open_store(tmp_path / 'store_64x48_2x4').split('train')
+  records = list(tf.data.TFRecordDataset(str(tmp_path / 'previous_64x48_2x4_delta6.tfrecord')).as_numpy_iterator())
+  assert len(records) == len(source) == result['samples']
+  features = tf.train.Example.FromString(records[-1]).features.feature
+  example = source.example(len(source) - 1, 6)
+  for key in ('frame', 'prev_frame', 'mask'):
+    assert features[key].bytes_list.value[0] == example[key]
+  assert features['sentence'].bytes_list.value[0].decode() == example['sentence']
 
 
 def _fake_results(value: float) -> dict:
