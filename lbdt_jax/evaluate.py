@@ -31,7 +31,7 @@ from etils import epath
 from pycocotools import mask as mask_utils
 
 from data_pipeline import glove, input_pipeline, loader, prepare, tokenizer
-from lbdt_jax import checkpointing, inference, metrics, model_dir, paths, progress, sharding, visualize
+from lbdt_jax import batch_sizes, checkpointing, inference, metrics, model_dir, paths, progress, sharding, visualize
 from lbdt_jax.models import LBDT, LBDTConfig
 
 MODEL_INPUTS = inference.MODEL_INPUTS
@@ -318,6 +318,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   workdir/export, on every split of config.data.evaluate; with config.eval.follow, every checkpoint as training
   writes it."""
   workdir = paths.path(workdir)
+  config = batch_sizes.resolve(config, jax.device_count())  # a per-device evaluation batch → the global one
   if config.eval.follow:
     return follow(config, workdir)
   loaded, step = load_for_evaluation(config, workdir)

@@ -113,6 +113,21 @@ def state_shardings(mesh: Mesh, abstract_state):
   return jax.tree.map(lambda x: NamedSharding(mesh, _parameter_spec(x.shape, fsdp_size)), abstract_state)
 
 
+def gather_parameters(loss_fn, mesh: Mesh):
+  """FSDP's forward pass: `loss_fn(params, *args)` with the parameters gathered whole once, at its start.
+
+  Left to itself, sharding propagation carries a parameter's split into the activations it meets (all-to-alls),
+  gathers a parameter again at each use, and gathers the LSTM's kernels at every word. Gathering first gives one
+  all-gather per parameter and step; the gradient's transpose is the matching reduction onto the split."""
+  if mesh.shape[FSDP] == 1:
+    return loss_fn
+  whole = NamedSharding(mesh, P())
+
+  def gathered(params, *args):
+    return loss_fn(jax.lax.with_sharding_constraint(params, whole), *args)
+  return gathered
+
+
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Per-process numpy batches → global arrays split over every device (the model's numeric inputs only)."""
   sharding = batch_sharding(mesh)

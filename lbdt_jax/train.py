@@ -21,8 +21,8 @@ from clu import periodic_actions
 from jax.sharding import PartitionSpec as P
 
 from data_pipeline import glove, input_pipeline, loader, prepare
-from lbdt_jax import (checkpointing, convert, evaluate, export, model_dir, paths, preemption, prefetch, progress,
-                      sharding)
+from lbdt_jax import (batch_sizes, checkpointing, convert, evaluate, export, model_dir, paths, preemption, prefetch,
+                      progress, sharding)
 from lbdt_jax.losses import segmentation_loss
 from lbdt_jax.models import LBDT, LBDTConfig, embed_words
 
@@ -239,6 +239,7 @@ def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
 
 
 def build_trainer(config: ml_collections.ConfigDict) -> Trainer:
+  config = batch_sizes.resolve(config, jax.device_count())
   mesh = sharding.make_mesh(config.mesh.fsdp)
   check_config(config, mesh)
   lbdt_config = model_config(config)
@@ -308,8 +309,9 @@ def _programs(settings: ml_collections.FrozenConfigDict, model: LBDT, mesh: jax.
     loss_fn = functools.partial(_forward_loss, model)
   else:
     raise ValueError(f"config.train.batch_norm must be 'global' or 'per_device', got {config.train.batch_norm!r}")
-  step = functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
-                           dropout_key=dropout_key, accumulation_steps=config.train.accumulation_steps)
+  step = functools.partial(train_step, loss_fn=sharding.gather_parameters(loss_fn, mesh), optimizer=optimizer,
+                           schedule=schedule, dropout_key=dropout_key,
+                           accumulation_steps=config.train.accumulation_steps)
   batch_shardings = {name: sharding.batch_sharding(mesh) for name in MODEL_INPUTS}
   step_fn = jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                     out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
@@ -339,6 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   after the current step and returns {'stopped_at_step': step} instead."""
   workdir = paths.path(workdir)
   paths.check_writable(workdir)
+  config = batch_sizes.resolve(config, jax.device_count())  # per-device batch sizes → global ones
   lbdt_config = model_config(config)
   checkpointing.check_resumable(workdir, lbdt_config)
   trainer = build_trainer(config)

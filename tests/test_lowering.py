@@ -83,13 +83,15 @@ def test_data_parallel_steps_all_reduce_the_gradients_and_nothing_else(training_
 
 @steps
 def test_fsdp_steps_gather_the_split_parameters(training_steps):
-  """With the state split over `fsdp` devices, the step gathers the split parameters where it uses them; the LSTM's
-  kernels are split too, so its loop gathers them at every word. (What else FSDP costs shows at full size:
-  docs/accelerators.md.)"""
+  """With the state split over `fsdp` devices, the step gathers the split parameters once, before the forward pass
+  (`sharding.gather_parameters`): at most the parameters' bytes, none inside the LSTM's loop, and activations keep
+  the batch's sharding (no all-to-all or collective-permute reshuffles them)."""
   fsdp = training_steps[FSDP]['partitioned_collectives']
-  parameters = training_steps[FSDP]['parameter_bytes']['model']
-  assert fsdp['all_gather']['count'] > 0 and fsdp['all_gather']['bytes'] >= parameters / 2
-  assert fsdp['all_gather']['in_loops'] > 0 and fsdp['collective_permute']['count'] == 0
+  parameters = training_steps[FSDP]['parameter_bytes']
+  # Split parameters are gathered whole once each: at least half the model, at most everything (word table too).
+  assert parameters['model'] / 2 <= fsdp['all_gather']['bytes'] <= sum(parameters.values()), (fsdp, parameters)
+  assert fsdp['all_gather']['in_loops'] == 0, fsdp
+  assert fsdp['all_to_all']['count'] == 0 and fsdp['collective_permute']['count'] == 0, fsdp
 
 
 @pytest.fixture(scope='module')

@@ -145,6 +145,17 @@ def test_bad_training_settings_are_named(data_dir, field, value, message):
     train.build_trainer(config)
 
 
+def test_per_device_batch_sizes_become_the_global_batch_of_the_run(data_dir):
+  """`gpu`/`tpu`-style settings: examples per device × devices × microbatches, the rate scaled with the batch."""
+  config = tiny_config(data_dir, batch_size=999, per_device_batch_size=2, accumulation_steps=2)
+  config.eval.per_device_batch_size = 3
+  config.optimizer.update(lr_batch_scaling='linear', base_batch_size=2)
+  trainer = train.build_trainer(config)
+  assert (trainer.config.train.batch_size, trainer.config.eval.batch_size) == (4, 3)  # one device here
+  assert trainer.train_iterator.batch_size == 4
+  assert trainer.config.optimizer.learning_rate == pytest.approx(2 * config.optimizer.learning_rate)
+
+
 # A run of the tiny config, and what follows from it. These tests share one xdist worker (and the run).
 
 trained_run = pytest.mark.xdist_group('trained_run')
