@@ -3,7 +3,8 @@
 The mesh has two axes, `data` and `fsdp` (`config.mesh.fsdp` devices, 1 by default). The batch is split over
 every device (both axes). Parameters and optimizer state are replicated over `data` and, when `fsdp` > 1, split
 over `fsdp` (fully sharded data parallelism: each large array is split along its largest dimension that the axis
-divides; each step gathers the parameters whole once, `gather_parameters`, and reduces gradients onto the split). Each device then holds 1/fsdp of the training
+divides; each step gathers the parameters whole once, `gather_parameters`, and reduces gradients onto the
+split). Each device then holds 1/fsdp of the training
 state, at the cost of those collectives in every step: worth it only when the state does not fit beside the
 activations (docs/multihost.md).
 """
