@@ -105,7 +105,7 @@ def main():
             with prefetch.Prefetcher(source, to_global, size=PREFETCH) as fed:
               seconds, state = seconds_per_step(step_fn, state, fed, args.steps)
           else:
-            seconds, state = seconds_per_step(step_fn, state, (to_global(next(source)) for _ in iter(int, 1)),
+            seconds, state = seconds_per_step(step_fn, state, map(to_global, iter(source.__next__, None)),
                                               args.steps)
           times.append(1e3 * seconds)
         row[mode] = {'median_ms': statistics.median(times), 'min_ms': min(times), 'max_ms': max(times)}

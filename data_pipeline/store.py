@@ -19,7 +19,7 @@ same time (by different processes or machines) into one directory.
 
   store = prepare_store(reader, store_directory(data_dir, reader.name))    # or open_store(directory)
   source = store.split('train')
-  example = source.example(index, delta=6)   # the keys the TFDS examples had
+  example = source.example(index, delta=6)   # encoded frame, previous frame and mask, sentence, ids
 """
 
 import collections
@@ -426,6 +426,9 @@ class SplitSource:
 
   def previous_rows(self, delta: int) -> np.ndarray:
     """The frame-table row of every sample's previous frame for δ = delta."""
+    rows = self._previous_rows.get(delta)  # computed once per δ; read without the lock on every example
+    if rows is not None:
+      return rows
     delta = operator.index(delta)
     if delta > self.max_delta:
       raise ValueError(f'δ = {delta} needs frames up to {delta} earlier, but {self.name}/{self.split} in '

@@ -3,7 +3,7 @@ directory, the exported model, the video and the predictions, and nothing of the
 
 Which layer reaches the server how: etils.epath through fsspec/gcsfs (`EPATH_USE_TF=false`,
 `STORAGE_EMULATOR_HOST`), orbax's arrays through tensorstore (`TENSORSTORE_GCS_HTTP_URL`). TensorFlow's own GCS
-client (TensorBoard events, TFDS) has no setting that points it at another server: here the events go to a local
+client (TensorBoard events) has no setting that points it at another server: here the events go to a local
 directory, and `test_tensorboard_events_follow_the_work_directory` checks the URL TensorFlow is given.
 """
 
