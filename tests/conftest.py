@@ -1,8 +1,9 @@
 """Shared helpers: the tiny config and model, the reference fixtures, prepared synthetic data, XLA settings.
 
-Most of the suite's time is XLA compiling the tiny model's programs. Tests marked `unoptimized` (and the
-subprocesses they start with `UNOPTIMIZED_ENV`) compile without LLVM's expensive passes: several times faster to
-compile, a little slower to run, the same arithmetic.
+Most of the suite's time is XLA compiling small programs, so the tests and the subprocesses they start compile
+without LLVM's expensive passes (`jax_disable_most_optimizations`): the same HLO and arithmetic, several times
+faster to compile, slower to run. Tests marked `optimized` (the float64 full model, where running dominates) compile
+with them.
 """
 
 import contextlib
@@ -14,6 +15,7 @@ import tempfile
 # Compiled programs are cached on disk and shared by the test processes and the subprocesses they start
 # (set before JAX initialises).
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(tempfile.gettempdir(), 'lbdt_jax_test_cache'))
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -25,9 +27,6 @@ REFERENCE = ROOT / 'tests' / 'fixtures' / 'reference'
 # processes: the machinery is under test there, not the model (tests/test_model.py), and it compiles twice as fast.
 TRAINER_MODEL = {'temporal_encoder': False, 'lbdt_stages': (5,)}
 TRAINER_MODEL_FLAGS = ('--config.model.temporal_encoder=False', '--config.model.lbdt_stages=(5,)')
-# For subprocesses of `unoptimized` tests: the same compiler options as the test process, so that they share
-# compiled programs through the cache (and compute bit for bit the same).
-UNOPTIMIZED_ENV = {'JAX_DISABLE_MOST_OPTIMIZATIONS': '1'}
 
 
 def pytest_collection_modifyitems(items):
@@ -40,10 +39,10 @@ def pytest_collection_modifyitems(items):
 
 
 @contextlib.contextmanager
-def unoptimized_xla():
-  """Programs compiled inside compile without LLVM's expensive passes (`jax_disable_most_optimizations`)."""
+def optimized_xla():
+  """Programs compiled inside compile with LLVM's expensive passes."""
   previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
+  jax.config.update('jax_disable_most_optimizations', False)
   try:
     yield
   finally:
@@ -64,11 +63,11 @@ def _abstract_variables_once_per_config():
 
 
 @pytest.fixture(autouse=True)
-def _unoptimized_xla_when_marked(request):
-  if request.node.get_closest_marker('unoptimized') is None:
+def _optimized_xla_when_marked(request):
+  if request.node.get_closest_marker('optimized') is None:
     yield
   else:
-    with unoptimized_xla():
+    with optimized_xla():
       yield
 
 

@@ -81,6 +81,8 @@ def test_compiled_memory_counts_arguments_outputs_and_temporaries():
 def test_throughput_inference_reports_rates_and_writes_json_and_plot(tmp_path, monkeypatch):
   monkeypatch.setattr(throughput, 'training_config', lambda layers, size, batch, dtype, remat: _tiny_benchmark_config(
       size, batch, dtype))
+  measure_peak = harness.matmul_peak_flops  # small matrices: the peak's arithmetic, not this machine's ceiling
+  monkeypatch.setattr(harness, 'matmul_peak_flops', lambda dtype: measure_peak(dtype, sizes=(64, 128), repeats=2))
   throughput.main(['--size', '64', '--batch-sizes', '1,2', '--dtypes', 'float32', '--modes', 'inference',
                    '--repeats', '2', '--json', str(tmp_path / 'out.json'), '--plot', str(tmp_path / 'out.png')])
   result = json.loads((tmp_path / 'out.json').read_text())

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import gcs_server
-from conftest import ROOT, TRAINER_MODEL_FLAGS, UNOPTIMIZED_ENV
+from conftest import ROOT, TRAINER_MODEL_FLAGS
 from configs import tiny
 from lbdt_jax import checkpointing, paths
 
@@ -57,7 +57,7 @@ def _main_commands(server, local, commands):
                                                    for command in commands]))
   result = subprocess.run([sys.executable, str(ROOT / 'tests' / 'main_commands.py'), str(local / 'commands.json'),
                            str(local / 'results.json')], cwd=local / 'cwd',
-                          env={**_environment(server, local), **UNOPTIMIZED_ENV}, capture_output=True, text=True,
+                          env=_environment(server, local), capture_output=True, text=True,
                           timeout=900)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
   results = json.loads((local / 'results.json').read_text())

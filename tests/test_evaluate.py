@@ -13,7 +13,6 @@ from data_pipeline import glove
 from lbdt_jax import evaluate, model_dir, train
 
 
-pytestmark = pytest.mark.unoptimized  # wiring, not numerics: the tiny model compiles several times faster
 
 
 @pytest.fixture(scope='module')

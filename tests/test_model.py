@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REFERENCE, random_inputs, random_like, random_variables, tiny_model_config, unoptimized_xla
+from conftest import REFERENCE, random_inputs, random_like, random_variables, tiny_model_config
 from lbdt_jax.model_dir import abstract_variables
 from lbdt_jax.models import LBDT, LBDTConfig
 
@@ -44,7 +44,7 @@ def test_parameter_count_equals_reference(num_layers):
 def op_by_op(test):
   """Tests that run the tiny model op by op share one xdist worker: each operation is compiled once there and
   reused by every variant (a jitted program per variant would compile all of them again)."""
-  return pytest.mark.unoptimized(pytest.mark.xdist_group('tiny_model_op_by_op')(test))
+  return pytest.mark.xdist_group('tiny_model_op_by_op')(test)
 
 
 def gradients(config, variables, inputs):
@@ -88,8 +88,7 @@ SWITCHES = {
 @pytest.fixture(scope='module')
 def tiny_output(tiny_variables):
   """The tiny model's output on `random_inputs` (run op by op)."""
-  with unoptimized_xla():
-    return LBDT(tiny_model_config()).apply(tiny_variables, *random_inputs(tiny_model_config()))
+  return LBDT(tiny_model_config()).apply(tiny_variables, *random_inputs(tiny_model_config()))
 
 
 @op_by_op
@@ -115,7 +114,6 @@ def test_dropout_is_active_in_training_and_off_in_eval(tiny_config, tiny_variabl
   np.testing.assert_array_equal(model.apply(tiny_variables, *inputs), model.apply(tiny_variables, *inputs))
 
 
-@pytest.mark.unoptimized
 def test_non_square_inputs_and_no_retrace_for_repeated_shapes(tiny_config, tiny_variables):
   model = LBDT(tiny_config)
 
@@ -195,7 +193,6 @@ def test_other_resnet_depths_build(depth):
   assert len([k for k in params if k.startswith('layer3_')]) == {18: 2, 34: 6, 101: 23}[depth]
 
 
-@pytest.mark.unoptimized
 def test_remat_recomputes_without_changing_parameters_or_gradients():
   """remat=True checkpoints the encoder blocks: same parameters, same gradients (x64), 'remat' in the program."""
   from lbdt_jax.models.resnet import ResNetEncoder  # pylint: disable=import-outside-toplevel

@@ -21,7 +21,6 @@ from lbdt_jax import model_dir, predict, train, visualize
 FRAMES, HEIGHT, WIDTH = 9, 45, 61  # odd sizes on purpose
 
 
-pytestmark = pytest.mark.unoptimized  # wiring, not numerics: the tiny model compiles several times faster
 
 
 @pytest.fixture(scope='module')

@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from conftest import ROOT, UNOPTIMIZED_ENV
+from conftest import ROOT
 from data_pipeline import glove
 from lbdt_jax import export, inference, model_dir, predict, serving, train
 from lbdt_jax.models import LBDT
 
-pytestmark = pytest.mark.unoptimized  # both paths compile alike (the same arithmetic), several times faster
 
 SENTENCES = ['the red square moving left', 'a ball']
 
@@ -155,7 +154,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('lbdt_jax'
 
 
 def test_loading_and_running_the_artefact_needs_no_flax_tensorflow_or_model_code(exported, served, tmp_path):
-  env = dict(os.environ, **UNOPTIMIZED_ENV, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
   result = subprocess.run([sys.executable, '-c', RUN_WITHOUT_MODEL_CODE, str(exported), str(tmp_path / 'p.npy')],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-3000:]

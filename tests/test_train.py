@@ -20,11 +20,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import ROOT, TRAINER_MODEL, TRAINER_MODEL_FLAGS, UNOPTIMIZED_ENV, unoptimized_xla
+from conftest import ROOT, TRAINER_MODEL, TRAINER_MODEL_FLAGS
 from configs import tiny
 from lbdt_jax import checkpointing, evaluate, export, inference, model_dir, serving, sharding, train
 
-pytestmark = pytest.mark.unoptimized  # wiring, not numerics: the tiny model compiles several times faster
 
 
 def tiny_config(data_dir, **train_overrides):
@@ -174,8 +173,7 @@ def finished_run(data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('run')
   config = run_config(data_dir)
   config.eval.update(pictures=4, attention_maps=True)
-  with unoptimized_xla():
-    results = train.train_and_evaluate(config, str(workdir))
+  results = train.train_and_evaluate(config, str(workdir))
   return workdir, results
 
 
@@ -313,7 +311,7 @@ def _command(data_dir, workdir, steps, every=10):
 
 
 def _start(command, env=None, **kwargs):
-  return subprocess.Popen(command, cwd=ROOT, env={**os.environ, **UNOPTIMIZED_ENV, **(env or {})}, text=True,
+  return subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})}, text=True,
                           **kwargs)
 
 
@@ -386,7 +384,7 @@ def run_worker(data_dir, tmp_path, runs, *args, env=None, timeout=900):
   result = subprocess.run([sys.executable, 'tests/train_worker.py', f'--data-dir={data_dir}',
                            f'--runs={tmp_path / "runs.json"}', f'--out={tmp_path}', *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **UNOPTIMIZED_ENV, **(env or {})})
+                          env={**os.environ, **(env or {})})
   assert result.returncode == 0, result.stderr[-4000:]
   print(result.stdout)
   return {run['name']: json.loads((tmp_path / f'{run["name"]}.0.json').read_text()) for run in runs}
@@ -438,7 +436,8 @@ def test_eight_devices_match_one_without_retracing(data_dir, tmp_path):
     memory = run['argument_bytes']
     # jit drops unused arguments: the trainer's model has no temporal stream to take the frame difference.
     batch_bytes.append(sum(size for name, size in memory['batch'].items() if name != 'frame_difference'))
-    assert memory['measured'] == pytest.approx(memory['state'] + batch_bytes[-1], rel=0.01), memory
+    if run is not fsdp8:  # fsdp8 is built, not compiled
+      assert memory['measured'] == pytest.approx(memory['state'] + batch_bytes[-1], rel=0.01), memory
   assert batch_bytes[0] == 8 * batch_bytes[1] == 8 * batch_bytes[2]
   state_bytes = [run['argument_bytes']['state'] for run in (one, sharded, fsdp8)]
   # Most of the state is split (parameters of 1024 elements and more): it falls nearly as 1/fsdp.

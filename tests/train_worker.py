@@ -10,8 +10,8 @@ config.model), "loop"}. A process runs them one after another, each on its own m
 (each process keeps its rows of them), and writes OUT/<name>.<process index>.json (losses, devices, processes,
 the batch rows each device received, parameter checksums, the parameters sharded over the fsdp axis, and the
 compiled step's argument bytes per device beside what the shardings imply), with "updates" also OUT/<name>.npz
-(the parameter updates of the first step, first/NAME, and of all steps, all/NAME). "steps": 0 only compiles. Several processes build their
-trainer with `train.build_trainer`, whose data preparation and compilation meet at barriers (see `--delay`).
+(the parameter updates of the first step, first/NAME, and of all steps, all/NAME). "steps": 0 builds the sharded
+state and neither compiles nor steps (argument bytes: the shardings' alone). Several processes build their trainer with `train.build_trainer`, whose data preparation and compilation meet at barriers (see `--delay`).
 
 A run with "loop": {"workdir", and config.train overrides} runs the training loop instead,
 `train.train_and_evaluate` (what `main.py` runs), and records the parameter checksums of every checkpoint it saves.
@@ -166,7 +166,8 @@ def train_run(run: dict) -> dict:
   sharded = sorted(path for path, leaf in flatten_shardings(state.params).items()
                    if sharding.FSDP in leaf.spec)
   batch_spec = train._batch_spec(config, mesh)  # pylint: disable=protected-access
-  memory = {'measured': step_fn.lower(state, batch_spec).compile().memory_analysis().argument_size_in_bytes,
+  compiled = step_fn.lower(state, batch_spec).compile() if run['steps'] else None
+  memory = {'measured': compiled.memory_analysis().argument_size_in_bytes if compiled else None,
             'state': per_device_bytes(state), 'batch': {k: per_device_bytes(v) for k, v in batch_spec.items()}}
   losses, rows_per_device, snapshots = [], set(), [flatten(state.params)] if run['updates'] else []
   for step in range(run['steps']):
