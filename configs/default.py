@@ -153,7 +153,7 @@ def data_config(train: str, evaluate: tuple[str, ...]) -> ml_collections.ConfigD
       'data_dir': '',  # where prepared data sets live (local or gs://); '' = ~/lbdt_jax_data
       # Release directories of the benchmarks, read by --mode=prepare (official layouts, see the README).
       'manual_dirs': {name: '' for name in ('a2d_sentences', 'jhmdb_sentences', 'ref_youtube_vos', 'ref_davis17',
-                                            'synthetic_rvos')},
+                                            'mevis', 'synthetic_rvos')},
       'glove_path': '',  # glove.840B.300d.txt or .zip; '' = learned word embeddings (deterministic start)
       'delta': 6,  # frames between a frame and the frame its difference is taken with (paper: 6)
       'max_delta': 9,  # the largest delta the prepared data serves (each frame it can pick is stored)

@@ -28,6 +28,7 @@ READERS = {
     'jhmdb_sentences': readers.JHMDBSentencesReader,
     'ref_youtube_vos': readers.YouTubeVOSReader,
     'ref_davis17': readers.DAVISReader,
+    'mevis': readers.MevisReader,
     'synthetic_rvos': readers.SyntheticRVOSReader,
 }
 MANUAL_DIR_CONTENTS = {
@@ -39,6 +40,8 @@ MANUAL_DIR_CONTENTS = {
                        'meta_expressions.json',
     'ref_davis17': 'DAVIS/ (the 2017 480p trainval release with Annotations_unsupervised) and '
                    'davis_text_annotations/',
+    'mevis': 'train/, valid_u/ and valid/, each with JPEGImages/ and meta_expressions.json, train/ and valid_u/ '
+             'with mask_dict.json',
 }
 
 

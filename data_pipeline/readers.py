@@ -9,6 +9,7 @@ referred object's mask, the sentence and the ids. A data set adds only its file 
   JHMDBSentencesReader     Rename_Images/ + puppet_mask/ + jhmdb_annotation.txt
   YouTubeVOSReader         {train,valid}/JPEGImages + Annotations + meta_expressions/ (also the synthetic set)
   DAVISReader              DAVIS/ (2017, 480p) + davis_text_annotations/
+  MevisReader              {train,valid_u,valid}/JPEGImages + meta_expressions.json + mask_dict.json (COCO RLE)
 
 `examples` goes video by video: `expressions_by_video`, then `video_targets` per video (the expressions' target
 frames, after the checks and skips below); the frame store (data_pipeline/store.py) walks the same two steps.
@@ -37,10 +38,12 @@ from typing import NamedTuple
 
 import cv2
 import h5py
+import ijson
 import numpy as np
 import PIL.Image
 import scipy.io
 from etils import epath
+from pycocotools import mask as coco_mask
 from data_pipeline.tensorflow_cpu import tf
 from lbdt_jax import paths
 
@@ -742,3 +745,160 @@ class DAVISReader(RVOSReader):
     if split == 'train' or not present:
       return present
     return masks.annotated_frames
+
+
+class MevisMasks(Masks):
+  """The masks of one MeViS video: per annotation id, a COCO RLE or None for each frame; a target ("object") is a
+  set of annotations (an expression may name several objects), its mask their union."""
+
+  def __init__(self, frame_numbers: Sequence[int], rles: Mapping[str, Sequence], targets: Sequence[tuple[str, ...]],
+               source: str):
+    self._positions = {number: position for position, number in enumerate(frame_numbers)}
+    self._rles, self._targets, self._source = rles, targets, source
+
+  @property
+  def annotated_frames(self):
+    return sorted(self._positions)
+
+  def _annotation(self, anno_id: str, frame: int) -> np.ndarray | None:
+    rle = self._rles[anno_id][self._positions[frame]]
+    if not rle:
+      return None
+    try:
+      return coco_mask.decode(rle)
+    except (TypeError, ValueError, KeyError) as error:
+      raise DataError(f'{self._source}: annotation {anno_id}, frame {frame} is not a COCO RLE ({error})') from None
+
+  def object_ids(self, frame):
+    return {target for target, annotations in enumerate(self._targets)
+            if any(self._annotation(anno_id, frame) is not None for anno_id in annotations)}
+
+  def mask(self, frame, object_id):
+    union = None
+    for anno_id in self._targets[object_id]:
+      mask = self._annotation(anno_id, frame)
+      if mask is not None:
+        union = mask if union is None else union | mask
+    if union is None:  # every object of the target is absent: the frame's size from any annotation of the video
+      height, width = next(rle['size'] for rles in self._rles.values() for rle in rles if rle)
+      return np.zeros((height, width), np.uint8)
+    return union.astype(np.uint8)
+
+
+class MevisReader(RVOSReader):
+  """MeViS (github henghuiding/MeViS): <split>/JPEGImages/<video>/<frame>.jpg, <split>/meta_expressions.json
+  (`videos[video].frames`, `videos[video].expressions[exp_id] = {exp, obj_id, anno_id}`) and, for train and valid_u,
+  <split>/mask_dict.json (str(anno_id) → per frame a COCO RLE or null). `valid` has no masks (the server's split).
+
+  An expression's target is the union of its annotations' masks; expressions naming the same annotations share one
+  target ("object" id: the target's index among the video's distinct annotation sets; `anno_ids` names them).
+  Every frame of the video is a target frame, with an empty mask where all its objects are absent: the official
+  training code keeps those frames with empty targets, and its evaluation scores every frame. Training skips videos
+  of fewer than 2 frames, as the official loader does. mask_dict.json (GBs for train) is parsed as a stream, once per
+  split, keeping only the RLEs of the split's expressions.
+  """
+  name = 'mevis'
+  SPLITS = ('train', 'valid_u', 'valid')
+  SPLITS_WITH_MASKS = ('train', 'valid_u')
+  extra_features = ('anno_ids',)
+
+  def splits(self):
+    return self.SPLITS
+
+  @functools.cache  # pylint: disable=method-cache-max-size-none
+  def _meta(self, split: str) -> dict:
+    path = self.require(split, 'meta_expressions.json')
+    try:
+      videos = json.loads(_read_bytes(path).decode('utf-8'))['videos']
+      if not isinstance(videos, dict):
+        raise ValueError('"videos" is not an object')
+    except (ValueError, KeyError, TypeError) as error:
+      raise DataError(f'{path} is not a meta_expressions file: {error}') from None
+    return videos
+
+  @functools.cache  # pylint: disable=method-cache-max-size-none
+  def _targets(self, split: str, video_id: str) -> list[tuple[str, ...]]:
+    """The video's distinct annotation sets, sorted: the index of one is its target id."""
+    expressions = self._meta(split)[video_id]['expressions'].values()
+    return sorted({tuple(sorted(str(a) for a in e['anno_id'])) for e in expressions})
+
+  def expressions(self, split, skipped):
+    videos = self._meta(split)
+    path = self.path(split, 'meta_expressions.json')
+    expressions = []
+    for video_id in sorted(videos):
+      origin_video = f'{path} video {video_id}'
+      try:
+        frames, items = videos[video_id]['frames'], videos[video_id]['expressions'].items()
+      except (KeyError, TypeError, AttributeError) as error:
+        raise DataError(f'{origin_video}: lacks "frames" or "expressions" ({error})') from None
+      if split == 'train' and len(frames) < 2:
+        skipped.add('video of fewer than 2 frames', origin_video)
+        continue
+      for key, expression in sorted(items, key=lambda item: int(item[0])):
+        origin = f'{origin_video} expression {key}'
+        try:
+          if split in self.SPLITS_WITH_MASKS:
+            annotations = tuple(sorted(str(a) for a in expression['anno_id']))
+            if not annotations:
+              raise ValueError('no anno_id')
+            target = self._targets(split, video_id).index(annotations)
+          else:
+            annotations, target = (), 0
+          expressions.append(Expression(video_id, target, int(key), expression['exp'], origin,
+                                        {'anno_ids': ','.join(annotations)}))
+        except (KeyError, ValueError, TypeError) as error:
+          raise DataError(f'{origin}: malformed expression {expression!r} ({error})') from None
+    return expressions
+
+  @functools.cache  # pylint: disable=method-cache-max-size-none
+  def _rles(self, split: str) -> dict[str, list]:
+    """The RLE lists of every annotation an expression of the split names, read from mask_dict.json as a stream."""
+    wanted = {str(a) for video in self._meta(split).values() for e in video.get('expressions', {}).values()
+              for a in e.get('anno_id', ())}
+    path = self.require(split, 'mask_dict.json')
+    rles = {}
+    try:
+      with path.open('rb') as f:
+        for anno_id, masks in ijson.kvitems(f, '', use_float=True):
+          if anno_id in wanted:
+            rles[anno_id] = masks
+    except (ijson.JSONError, OSError) as error:
+      raise DataError(f'{path} is not a readable mask_dict file: {error}') from None
+    missing = sorted(wanted - set(rles), key=str)
+    if missing:
+      raise DataError(f'{path} lacks the masks of annotations {missing[:5]} ({len(missing)} in all) that '
+                      f'{self.path(split, "meta_expressions.json")} names')
+    return rles
+
+  def video(self, split, video_id):
+    return ImageFolderVideo(self.require(split, 'JPEGImages', video_id), '.jpg')
+
+  def masks(self, split, video_id):
+    if split not in self.SPLITS_WITH_MASKS:
+      return None
+    frames = self._frame_numbers(split, video_id)
+    targets = self._targets(split, video_id)
+    rles = self._rles(split)
+    path = self.path(split, 'mask_dict.json')
+    for anno_id in {a for target in targets for a in target}:
+      if len(rles[anno_id]) != len(frames):
+        raise DataError(f'{path}: annotation {anno_id} has {len(rles[anno_id])} masks, video {video_id} has '
+                        f'{len(frames)} frames')
+    return MevisMasks(frames, {a: rles[a] for target in targets for a in target}, targets, str(path))
+
+  def _frame_numbers(self, split: str, video_id: str) -> list[int]:
+    """The numbers of the frames meta_expressions.json lists, in its order (the order of mask_dict's lists)."""
+    names = self._meta(split)[video_id]['frames']
+    if not all(str(name).isdigit() for name in names):
+      raise DataError(f'{self.path(split, "meta_expressions.json")} video {video_id}: frame names must be numbers, '
+                      f'got {names[:3]}')
+    return [int(name) for name in names]
+
+  def target_frames(self, split, expression, video, masks):
+    frames = self._frame_numbers(split, expression.video_id)
+    missing = sorted(set(frames) - set(video.frame_numbers))
+    if missing:
+      raise DataError(f'{self.path(split, "JPEGImages", expression.video_id)} lacks frames {missing[:5]} that '
+                      f'meta_expressions.json lists')
+    return sorted(frames)

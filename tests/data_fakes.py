@@ -1,4 +1,4 @@
-"""Tiny fake releases of the four benchmarks, in their official file formats.
+"""Tiny fake releases of the benchmarks, in their official file formats.
 
 Frame n of every fake video is a flat grey of value `frame_value(n)`, so a test can tell from the decoded pixels
 which frame an example holds. Masks are rectangles whose position depends on (object, frame).
@@ -159,6 +159,55 @@ def write_davis(root, num_frames=6):
   _write_lines(os.path.join(texts, 'Davis17_annot2.txt'), ['clasic-car 1 "the café car"'], encoding='latin-1')
   _write_lines(os.path.join(texts, 'Davis17_annot2_full_video.txt'), ['dog-scale 1 "a big dog"'],
                encoding='latin-1')
+
+
+def coco_rle(mask: np.ndarray) -> dict:
+  """A mask as mask_dict.json stores it: COCO RLE with the counts as a string."""
+  from pycocotools import mask as coco_mask  # pylint: disable=import-outside-toplevel
+  encoded = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+  return {'size': [int(x) for x in encoded['size']], 'counts': encoded['counts'].decode()}
+
+
+MEVIS_FRAMES = 6
+
+
+def write_mevis(root, num_frames=MEVIS_FRAMES):
+  """train/m_train: annotations 101 (object 1, every frame) and 102 (object 2, absent from frames 4-5); expressions
+  naming one, the other, both, both again (sharing the target), and an empty sentence. train/m_single: one frame
+  (skipped in training). valid_u/m_valid_u: 201 (object 1). valid/m_valid: no masks."""
+  videos = {'train': {'m_train': num_frames, 'm_single': 1}, 'valid_u': {'m_valid_u': num_frames},
+            'valid': {'m_valid': num_frames}}
+  for split, split_videos in videos.items():
+    for video, count in split_videos.items():
+      for n in range(count):
+        _write_image(os.path.join(root, split, 'JPEGImages', video, f'{n:05d}.jpg'), frame_image(n))
+  names = lambda count: [f'{n:05d}' for n in range(count)]
+  meta = {
+      'train': {
+          'm_train': {'frames': names(num_frames), 'expressions': {
+              '0': {'exp': 'the cat walking left', 'obj_id': [1], 'anno_id': [101]},
+              '1': {'exp': 'the dog running away', 'obj_id': [2], 'anno_id': [102]},
+              '2': {'exp': 'the two animals moving', 'obj_id': [1, 2], 'anno_id': [102, 101]},
+              '3': {'exp': 'both moving apart', 'obj_id': [1, 2], 'anno_id': [101, 102]},
+              '4': {'exp': '', 'obj_id': [1], 'anno_id': [101]}}},
+          'm_single': {'frames': names(1), 'expressions': {
+              '0': {'exp': 'the still bird', 'obj_id': [1], 'anno_id': [103]}}}},
+      'valid_u': {'m_valid_u': {'frames': names(num_frames), 'expressions': {
+          '0': {'exp': 'the cat turning around', 'obj_id': [1], 'anno_id': [201]}}}},
+      'valid': {'m_valid': {'frames': names(num_frames), 'expressions': {'0': {'exp': 'the fastest car'}}}},
+  }
+  masks = {
+      'train': {'101': [coco_rle(object_mask(1, n)) for n in range(num_frames)],
+                '102': [coco_rle(object_mask(2, n)) if n < 4 else None for n in range(num_frames)],
+                '103': [coco_rle(object_mask(1, 0))]},
+      'valid_u': {'201': [coco_rle(object_mask(1, n)) for n in range(num_frames)]},
+  }
+  for split, split_meta in meta.items():
+    with open(os.path.join(root, split, 'meta_expressions.json'), 'w') as f:
+      json.dump({'videos': split_meta}, f)
+    if split in masks:
+      with open(os.path.join(root, split, 'mask_dict.json'), 'w') as f:
+        json.dump(masks[split], f)
 
 
 def write_glove(path, words: dict[str, np.ndarray], extra_lines=()):

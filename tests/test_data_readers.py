@@ -154,6 +154,60 @@ def test_davis(tmp_path):
   assert {e['video_id'] for e in validation.values()} == {'dogs-scale'}  # "dog-scale" fixed
 
 
+
+def test_mevis(tmp_path):
+  fakes.write_mevis(tmp_path)
+  reader = readers.MevisReader(tmp_path, delta=2)
+  assert reader.splits() == ('train', 'valid_u', 'valid')
+  train, skipped = collect(reader, 'train')
+  # Every frame of the video is a target frame; the one-frame video and the empty sentence are skipped.
+  assert dict(skipped.counts) == {'video of fewer than 2 frames': 1, 'empty sentence': 1}
+  assert {e['video_id'] for e in train.values()} == {'m_train'}
+  frames = range(fakes.MEVIS_FRAMES)
+  assert [e['anno_ids'] for e in train.values() if e['expression_id'] == 1] == ['102'] * 6
+  dog = [train[f'm_train/{n}/2/1'] for n in frames]  # targets: (101,) is 0, (101, 102) is 1, (102,) is 2
+  for n, example in enumerate(dog):
+    expected = fakes.object_mask(2, n) if n < 4 else np.zeros(SIZE, np.uint8)  # absent from frames 4-5: empty
+    check_example(example, video='m_train', frame=n, previous=max(0, n - 2), object_id=2, expression_id=1,
+                  sentence='the dog running away', split='train', mask=expected)
+  # Two objects: the union of their masks; both expressions naming them share the target.
+  for expression_id in (2, 3):
+    both = train[f'm_train/3/1/{expression_id}']
+    assert both['anno_ids'] == '101,102'
+    check_example(both, video='m_train', frame=3, previous=1, object_id=1, expression_id=expression_id,
+                  sentence=both['sentence'], split='train', mask=fakes.object_mask(1, 3) | fakes.object_mask(2, 3))
+  check_example(train['m_train/5/1/2'], video='m_train', frame=5, previous=3, object_id=1, expression_id=2,
+                sentence='the two animals moving', split='train', mask=fakes.object_mask(1, 5))
+  check_example(train['m_train/0/0/0'], video='m_train', frame=0, previous=0, object_id=0, expression_id=0,
+                sentence='the cat walking left', split='train', mask=fakes.object_mask(1, 0))
+  valid_u, _ = collect(reader, 'valid_u')
+  assert len(valid_u) == fakes.MEVIS_FRAMES and valid_u['m_valid_u/4/0/0']['mask'].any()
+  valid, _ = collect(reader, 'valid')  # no masks: every frame, empty targets
+  assert len(valid) == fakes.MEVIS_FRAMES
+  assert all(not e['has_mask'] and not e['mask'].any() and e['anno_ids'] == '' for e in valid.values())
+
+
+@pytest.mark.parametrize('damage, match', [
+    (lambda root: (root / 'train/mask_dict.json').write_text('{"101": ['), r'train/mask_dict.json is not a readable'),
+    (lambda root: (root / 'train/mask_dict.json').write_text('{}'),
+     r"mask_dict.json lacks the masks of annotations \['101', '102', '103'\] \(3 in all\)"),
+    (lambda root: (root / 'train/meta_expressions.json').write_text('{"videos": []}'),
+     r'meta_expressions.json is not a meta_expressions file'),
+    (lambda root: (root / 'train/JPEGImages/m_train/00003.jpg').unlink(),
+     r'JPEGImages/m_train lacks frames \[3\] that meta_expressions.json lists'),
+    (lambda root: (root / 'train/mask_dict.json').write_text(
+        '{"101": [{"size": [32, 48], "counts": 7}, null, null, null, null, null], "102": [null, null, null, null, '
+        'null, null], "103": [null]}'), r'annotation 101, frame 0 is not a COCO RLE.*example m_train/0/0/0'),
+    (lambda root: (root / 'train/mask_dict.json').write_text('{"101": [null], "102": [null], "103": [null]}'),
+     r'annotation 10[12] has 1 masks, video m_train has 6 frames'),
+])
+def test_mevis_bad_input(tmp_path, damage, match):
+  fakes.write_mevis(tmp_path)
+  damage(tmp_path)
+  with pytest.raises(readers.DataError, match=match):
+    collect(readers.MevisReader(tmp_path), 'train')
+
+
 @pytest.mark.parametrize('damage, match', [
     (lambda root: (root / 'train/JPEGImages/v_train/00010.jpg').write_bytes(b'not a jpeg'),
      r'00010.jpg is not a readable image.*example v_train/10/1/0'),

@@ -24,6 +24,7 @@ RELEASES = {  # name: (writer of the fake release, reader class)
     'jhmdb': (fakes.write_jhmdb, readers.JHMDBSentencesReader),
     'youtube_vos': (fakes.write_youtube_vos, readers.YouTubeVOSReader),
     'davis': (fakes.write_davis, readers.DAVISReader),
+    'mevis': (fakes.write_mevis, readers.MevisReader),
     'synthetic': (lambda root: synthetic_rvos.generate(root, SYNTHETIC), readers.SyntheticRVOSReader),
 }
 
