@@ -890,9 +890,9 @@ class MevisReader(RVOSReader):
   def _frame_numbers(self, split: str, video_id: str) -> list[int]:
     """The numbers of the frames meta_expressions.json lists, in its order (the order of mask_dict's lists)."""
     names = self._meta(split)[video_id]['frames']
-    if not all(str(name).isdigit() for name in names):
-      raise DataError(f'{self.path(split, "meta_expressions.json")} video {video_id}: frame names must be numbers, '
-                      f'got {names[:3]}')
+    if not all(isinstance(name, str) and name.isdigit() and len(name) == 5 for name in names):
+      raise DataError(f'{self.path(split, "meta_expressions.json")} video {video_id}: frame names must be 5-digit '
+                      f'numbers as in the release (submissions name the PNGs so), got {names[:3]}')
     return [int(name) for name in names]
 
   def target_frames(self, split, expression, video, masks):

@@ -8,7 +8,11 @@ For every "<data set>:<split>" of `config.data.evaluate`, every example is predi
                              `config.eval.protocol='reference'` scores exactly as the official eval.py does instead
                              (prediction and bilinear-resized ground truth at the input size, nearest back up).
   Ref-DAVIS17                J, F and J&F of the DAVIS 2017 toolkit, per expression set and averaged over the four.
-  Refer-YouTube-VOS valid    no masks: PNGs Annotations/<video>/<expression_id>/<frame>.png zipped for codalab.
+  MeViS train / valid_u      J, F and J&F of MeViS's tools/eval_mevis.py: per expression the means over every frame
+                             of its video, then the means over expressions (as `lbdt_jax.tools.score` scores folders).
+  Refer-YouTube-VOS valid    no masks: PNGs Annotations/<video>/<expression_id>/<frame>.png zipped for codalab;
+  MeViS valid                <video>/<expression_id>/<frame>.png at the top of the zip. Each zip is checked against
+                             the split's samples (every frame of every expression, at its frame's size) first.
 
 Results go to workdir/eval/step_<N>/results.json and to the metric writer, and are printed as tables in the
 paper's layout. With several processes each writes its samples' scores next to it and process 0 combines them.
@@ -36,6 +40,12 @@ from lbdt_jax.models import LBDT, LBDTConfig
 
 MODEL_INPUTS = inference.MODEL_INPUTS
 PROTOCOLS = ('original', 'reference')
+J_AND_F_DATA_SETS = ('ref_davis17', 'mevis')
+# Where each data set's server wants a frame's PNG inside the submission zip.
+SUBMISSION_PATHS = {
+    'ref_youtube_vos': 'Annotations/{video}/{expression}/{frame:05d}.png',
+    'mevis': '{video}/{expression}/{frame:05d}.png',
+}
 
 
 def _rle(mask: np.ndarray) -> dict:
@@ -64,7 +74,7 @@ def _sample_records(name: str, batch: dict, probabilities: np.ndarray, protocol:
       records.append(record)
       continue
     truth = batch['orig_mask'][i, :height, :width] > 0
-    if name == 'ref_davis17':
+    if name in J_AND_F_DATA_SETS:
       record.update(J=metrics.jaccard(prediction, truth), F=metrics.boundary_f(prediction, truth))
     elif protocol == 'reference':
       record.update(metrics.compatible_sample_scores(probabilities[i], batch['mask'][i], (height, width)))
@@ -91,6 +101,13 @@ def aggregate(name: str, records: list[dict]) -> dict:
       davis.add_scores(r['J'], r['F'], f'{r["video_id"]}/{r["object_id"]}/{r["expression_id"]}',
                        r.get('expression_set', 'default'))
     return {**davis.result(), 'per_set': davis.sets(), 'num_samples': len(records)}
+  if name == 'mevis':  # one sequence per expression, one set: the means over expressions
+    mevis = metrics.DavisAccumulator()
+    for r in records:
+      mevis.add_scores(r['J'], r['F'], f'{r["video_id"]}_{r["expression_id"]}')
+    per_expression = {sequence: [scores['J'], scores['F']] for (_, sequence), scores in mevis.sequences().items()}
+    return {**mevis.result(), 'num_expressions': len(per_expression), 'num_samples': len(records),
+            'per_expression': per_expression}
   results = _referring(records)
   if 'cue' in records[0]:
     results['per_cue'] = {cue: _referring([r for r in records if r['cue'] == cue], coco=False)
@@ -111,15 +128,47 @@ def _referring(records: list[dict], coco: bool = True) -> dict:
   return results
 
 
-def _write_submission(directory: epath.Path, records: list[dict]) -> epath.Path:
-  """The codalab zip of Refer-YouTube-VOS: Annotations/<video>/<expression_id>/<frame>.png (0/255)."""
+def check_submission(name: str, records: list[dict], samples: dict[str, np.ndarray]) -> dict[str, tuple[int, int]]:
+  """{path in the zip: (height, width)} of the records, after checking them against the split's samples
+  (`SplitSource.sample_table()`): every expected file once, none more, each at its frame's size."""
+  layout = SUBMISSION_PATHS.get(name)
+  if layout is None:
+    raise ValueError(f'no submission layout for {name} (known: {sorted(SUBMISSION_PATHS)})')
+  expected = {layout.format(video=v, expression=e, frame=f): tuple(int(x) for x in size)
+              for v, e, f, size in zip(samples['video_id'], samples['expression_id'], samples['frame_index'],
+                                       samples['orig_size'])}
+  written, problems = {}, []
+  for r in records:
+    path = layout.format(video=r['video_id'], expression=r['expression_id'], frame=r['frame_index'])
+    size = tuple(r['prediction']['size'])
+    if path in written:
+      problems.append(f'{path} predicted twice')
+    elif path in expected and size != expected[path]:
+      problems.append(f'{path} is {size[0]}x{size[1]}, its frame {expected[path][0]}x{expected[path][1]}')
+    written[path] = size
+  missing, extra = sorted(expected.keys() - written.keys()), sorted(written.keys() - expected.keys())
+  problems += [f'{len(missing)} files missing, e.g. {missing[:3]}'] if missing else []
+  problems += [f'{len(extra)} files that belong to no sample, e.g. {extra[:3]}'] if extra else []
+  if problems:
+    raise ValueError(f'{name} submission not written, it would be rejected: ' + '; '.join(problems[:5]))
+  return written
+
+
+def _write_submission(name: str, directory: epath.Path, records: list[dict], samples: dict) -> tuple[epath.Path, str]:
+  """The server's zip of 0/255 PNGs (SUBMISSION_PATHS), checked first; (its path, a summary line)."""
+  sizes = check_submission(name, records, samples)
   path = directory / 'submission.zip'
   directory.mkdir(parents=True, exist_ok=True)
+  layout = SUBMISSION_PATHS[name]
   with path.open('wb') as file, zipfile.ZipFile(file, 'w', zipfile.ZIP_DEFLATED) as archive:
     for r in records:
       png = cv2.imencode('.png', _from_rle(r['prediction']).astype(np.uint8) * 255)[1].tobytes()
-      archive.writestr(f'Annotations/{r["video_id"]}/{r["expression_id"]}/{r["frame_index"]:05d}.png', png)
-  return path
+      archive.writestr(layout.format(video=r['video_id'], expression=r['expression_id'], frame=r['frame_index']), png)
+  videos = {(r['video_id']) for r in records}
+  expressions = {(r['video_id'], r['expression_id']) for r in records}
+  summary = (f'{len(sizes)} masks of {len(expressions)} expressions in {len(videos)} videos, every frame of the '
+             f'split present at its size')
+  return path, summary
 
 
 class _Pictures:
@@ -239,9 +288,11 @@ def run_evaluation(config, model, mesh, params, batch_stats, prepared: dict, tab
       continue
     result = aggregate(name, records)
     if records and 'prediction' in records[0]:
-      result['submission'] = str(_write_submission(directory / f'{name}_{split}', records))
+      submission, result['submission_check'] = _write_submission(
+          name, directory / f'{name}_{split}', records, prepared[name].split(split).sample_table())
+      result['submission'] = str(submission)
     results[spec] = result
-    layout = 'davis' if name == 'ref_davis17' else 'a2d'
+    layout = 'davis' if name in J_AND_F_DATA_SETS else 'a2d'
     if 'prediction' not in (records[0] if records else {}):
       rows = {spec: result, **{f'  {cue}': r for cue, r in result.get('per_cue', {}).items()}}
       rows.update({f'  {s}': r for s, r in result.get('per_set', {}).items()})
@@ -256,7 +307,7 @@ def run_evaluation(config, model, mesh, params, batch_stats, prepared: dict, tab
       print(f'\n{spec} ({int(results[spec]["num_samples"])} samples)\n{table}', flush=True)
     for spec, result in results.items():
       if 'submission' in result:
-        print(f'{spec}: {result["num_samples"]} masks written to {result["submission"]}', flush=True)
+        print(f'{spec}: {result["submission_check"]}: written to {result["submission"]}', flush=True)
     if collector is not None:
       saved = collector.save(workdir / 'pictures')
       if saved and config.eval.attention_maps and jax.process_count() == 1:  # one process: a local forward pass

@@ -1,4 +1,5 @@
-"""Evaluation from a model directory on the fake DAVIS and YouTube-VOS releases; configs and the command line."""
+"""Evaluation from a model directory on the fake DAVIS, YouTube-VOS and MeViS releases; configs and the command
+line."""
 
 import zipfile
 
@@ -11,6 +12,7 @@ from conftest import ROOT, run_main
 from configs import default, tiny
 from data_pipeline import glove
 from lbdt_jax import evaluate, model_dir, train
+from lbdt_jax.tools import score
 
 
 
@@ -69,6 +71,60 @@ def test_youtube_vos_validation_becomes_a_submission_zip(tmp_path, model_directo
     masks = [cv2.imdecode(np.frombuffer(archive.read(name), np.uint8), cv2.IMREAD_UNCHANGED) for name in names]
   for mask in masks:  # every pixel foreground, at the frame's own size
     assert mask.shape == (fakes.HEIGHT, fakes.WIDTH) and mask.dtype == np.uint8 and (mask == 255).all()
+
+
+
+def test_mevis_j_and_f_per_expression_as_the_scoring_tool(tmp_path, model_directories):
+  """Empty masks everywhere, on the fake MeViS train split: of its four scored expressions, only "the dog running
+  away" has frames without its object (4 and 5 of 6), where J = F = 1; the other frames score 0. The scoring tool
+  gives the same figures for a folder of empty PNGs."""
+  config = evaluation_config(tmp_path, model_directories['background'], 'mevis', 'train', fakes.write_mevis)
+  result = evaluate.evaluate(config, str(tmp_path / 'work'))['mevis:train']
+  assert result['num_samples'] == 4 * fakes.MEVIS_FRAMES and result['num_expressions'] == 4
+  assert result['per_expression'] == {'m_train_0': [0.0, 0.0], 'm_train_1': [pytest.approx(2 / 6)] * 2,
+                                      'm_train_2': [0.0, 0.0], 'm_train_3': [0.0, 0.0]}
+  for key in ('J', 'F', 'J&F'):
+    assert result[key] == pytest.approx(2 / 6 / 4)
+  predictions = tmp_path / 'empty_predictions'
+  for expression in range(4):
+    folder = predictions / 'm_train' / str(expression)
+    folder.mkdir(parents=True)
+    for frame in range(fakes.MEVIS_FRAMES):
+      cv2.imwrite(str(folder / f'{frame:05d}.png'), np.zeros((fakes.HEIGHT, fakes.WIDTH), np.uint8))
+  scored = score.score_mevis(tmp_path / 'release' / 'train', predictions)
+  # The tool also scores the skipped expressions (the one-frame video, the empty sentence): compare the others.
+  assert {k: scored['per_expression'][k] for k in result['per_expression']} == result['per_expression']
+
+
+def test_mevis_valid_becomes_a_submission_zip(tmp_path, model_directories, capsys):
+  config = evaluation_config(tmp_path, model_directories['foreground'], 'mevis', 'valid', fakes.write_mevis)
+  result = evaluate.evaluate(config, str(tmp_path / 'work'))['mevis:valid']
+  with zipfile.ZipFile(result['submission']) as archive:
+    names = sorted(archive.namelist())
+    assert names == [f'm_valid/0/{n:05d}.png' for n in range(fakes.MEVIS_FRAMES)]  # video folders at the top
+    masks = [cv2.imdecode(np.frombuffer(archive.read(name), np.uint8), cv2.IMREAD_UNCHANGED) for name in names]
+  assert all(mask.shape == (fakes.HEIGHT, fakes.WIDTH) and (mask == 255).all() for mask in masks)
+  assert result['submission_check'] == ('6 masks of 1 expressions in 1 videos, every frame of the split present '
+                                        'at its size')
+  assert result['submission_check'] in capsys.readouterr().out
+
+
+def test_a_submission_that_would_be_rejected_is_not_written():
+  samples = {'video_id': np.array(['v', 'v']), 'expression_id': np.array([0, 0]), 'frame_index': np.array([0, 1]),
+             'orig_size': np.array([[4, 6], [4, 6]])}
+  record = lambda frame, size=(4, 6): {'video_id': 'v', 'expression_id': 0, 'frame_index': frame,
+                                       'prediction': {'size': list(size), 'counts': ''}}
+  assert evaluate.check_submission('mevis', [record(0), record(1)], samples) == {'v/0/00000.png': (4, 6),
+                                                                               'v/0/00001.png': (4, 6)}
+  with pytest.raises(ValueError, match=r"1 files missing, e.g. \['v/0/00001.png'\]"):
+    evaluate.check_submission('mevis', [record(0)], samples)
+  with pytest.raises(ValueError, match=r'Annotations/v/0/00001.png is 3x6, its frame 4x6'):
+    evaluate.check_submission('ref_youtube_vos', [record(0), record(1, (3, 6))], samples)
+  with pytest.raises(ValueError, match=r"v/0/00000.png predicted twice; 1 files that belong to no sample, e.g. "
+                                       r"\['v/0/00002.png'\]"):
+    evaluate.check_submission('mevis', [record(0), record(0), record(1), record(2)], samples)
+  with pytest.raises(ValueError, match='no submission layout for a2d_sentences'):
+    evaluate.check_submission('a2d_sentences', [record(0)], samples)
 
 
 def test_reference_protocol_needs_the_reference_ground_truth(tmp_path, model_directories):
