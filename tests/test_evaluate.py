@@ -91,7 +91,7 @@ def test_mevis_j_and_f_per_expression_as_the_scoring_tool(tmp_path, model_direct
     folder.mkdir(parents=True)
     for frame in range(fakes.MEVIS_FRAMES):
       cv2.imwrite(str(folder / f'{frame:05d}.png'), np.zeros((fakes.HEIGHT, fakes.WIDTH), np.uint8))
-  scored = score.score_mevis(tmp_path / 'release' / 'train', predictions)
+  scored = score.score('mevis', tmp_path / 'release' / 'train', predictions)
   # The tool also scores the skipped expressions (the one-frame video, the empty sentence): compare the others.
   assert {k: scored['per_expression'][k] for k in result['per_expression']} == result['per_expression']
 

@@ -1,13 +1,15 @@
-"""`python -m lbdt_jax.tools.score`: MeViS prediction folders scored as tools/eval_mevis.py scores them, on a split
-written in the release's format with values worked out by hand."""
+"""`python -m lbdt_jax.tools.score`: prediction folders scored as the official tools score them, on splits written in
+the releases' formats, with values worked out by hand."""
 
 import json
 
 import cv2
+import PIL.Image
 import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
+import data_fakes as fakes
 from lbdt_jax import metrics
 from lbdt_jax.tools import score
 
@@ -69,7 +71,7 @@ def test_scores_follow_the_official_conventions(split, tmp_path):
     write_prediction(predictions, 'cats', '1', frame, CAT)  # the cat of "the two animals"
     write_prediction(predictions, 'cats', '2', frame, np.zeros((HEIGHT, WIDTH), bool))  # nothing
   # "birds" has no folder: its expression scores 0, as the official tool scores it.
-  result = score.score_mevis(split, predictions)
+  result = score.score('mevis', split, predictions)
   per_expression = result['per_expression']
   assert list(per_expression) == ['cats_0', 'cats_1', 'cats_2', 'birds_0']
   assert per_expression['cats_0'] == [1.0, 1.0]
@@ -129,18 +131,36 @@ def test_ground_truth_errors_name_the_file(split, tmp_path, capsys):
   masks = {'10': [rle(CAT)] * 4, '11': [rle(DOG)] * 3, '20': [rle(CAT)] * 4}
   (split / 'mask_dict.json').write_text(json.dumps(masks))
   with pytest.raises(score.ScoreError, match=r"has 3 masks for annotation '11'; video 'cats' has 4 frames"):
-    score.score_mevis(split, predictions)
+    score.score('mevis', split, predictions)
   del masks['11']
   (split / 'mask_dict.json').write_text(json.dumps(masks))
   with pytest.raises(score.ScoreError, match=r"has no masks for annotation '11' \(video 'cats', expression '1'\)"):
-    score.score_mevis(split, predictions)
+    score.score('mevis', split, predictions)
   masks['11'] = [{'size': [HEIGHT, WIDTH], 'counts': 7}] * 4
   (split / 'mask_dict.json').write_text(json.dumps(masks))
   write_prediction(predictions, 'cats', '1', '00000', CAT)
   with pytest.raises(score.ScoreError, match=r"annotation '11', frame 0: not a COCO RLE"):
-    score.score_mevis(split, predictions)
+    score.score('mevis', split, predictions)
   (split / 'meta_expressions.json').write_text('{"videos": {"cats": {"frames": []}}}')
   with pytest.raises(score.ScoreError, match='video .cats. lacks "frames" or an expression'):
-    score.score_mevis(split, predictions)
+    score.score('mevis', split, predictions)
   with pytest.raises(score.ScoreError, match='prediction folder not found'):
-    score.score_mevis(split, tmp_path / 'nowhere')
+    score.score('mevis', split, tmp_path / 'nowhere')
+
+
+def test_youtube_vos_train_is_scored_on_its_annotated_frames(tmp_path):
+  """The fake train video annotates frames 0, 5, ..., 25; object 2 is absent from frame 0, object 3 everywhere."""
+  fakes.write_youtube_vos(tmp_path / 'release')
+  annotations = tmp_path / 'release' / 'train' / 'Annotations' / 'v_train'
+  predictions = tmp_path / 'predictions'
+  for n in range(0, 30, 5):
+    labels = np.array(PIL.Image.open(annotations / f'{n:05d}.png'))
+    write_prediction(predictions, 'v_train', '0', f'{n:05d}', labels == 1)  # exact
+    write_prediction(predictions, 'v_train', '1', f'{n:05d}', np.zeros_like(labels, bool))
+    write_prediction(predictions, 'v_train', '2', f'{n:05d}', np.zeros_like(labels, bool))
+  result = score.score('ref_youtube_vos', tmp_path / 'release' / 'train', predictions)  # meta_expressions/train/
+  assert result['per_expression'] == {'v_train_0': [1.0, 1.0], 'v_train_1': [pytest.approx(1 / 6)] * 2,
+                                      'v_train_2': [1.0, 1.0], 'v_train_3': [0.0, 0.0]}
+  assert result['problems'] == {'missing_expressions': [str(predictions / 'v_train' / '3')]}
+  with pytest.raises(score.ScoreError, match=r'ground truth .*valid/Annotations/v_valid not found'):
+    score.score('ref_youtube_vos', tmp_path / 'release' / 'valid', predictions)
