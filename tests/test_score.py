@@ -128,6 +128,9 @@ def test_ground_truth_errors_name_the_file(split, tmp_path, capsys):
   assert score.main(['--dataset', 'mevis', '--ground-truth', str(split), '--predictions', str(predictions)]) == 2
   assert f'MeViS masks (only train and valid_u have them) not found: {split / "mask_dict.json"}' in \
       capsys.readouterr().err
+  (split / 'mask_dict.json').write_text('{"10": [')
+  with pytest.raises(score.ScoreError, match=r'mask_dict.json is not a JSON object'):
+    score.score('mevis', split, predictions)
   masks = {'10': [rle(CAT)] * 4, '11': [rle(DOG)] * 3, '20': [rle(CAT)] * 4}
   (split / 'mask_dict.json').write_text(json.dumps(masks))
   with pytest.raises(score.ScoreError, match=r"has 3 masks for annotation '11'; video 'cats' has 4 frames"):

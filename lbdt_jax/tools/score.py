@@ -38,6 +38,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 
 import cv2
+import ijson
 import numpy as np
 import PIL.Image
 from etils import epath
@@ -69,6 +70,17 @@ def _load_json(path: epath.Path, what: str):
     return json.loads(path.read_text())
   except (json.JSONDecodeError, UnicodeDecodeError) as error:
     raise ScoreError(f'{path} is not valid JSON: {error}') from error
+
+
+def _stream_json_object(path: epath.Path, what: str) -> dict:
+  """A JSON object file parsed as a stream (mask_dict.json is GBs for MeViS train): no copy of its text is held."""
+  if not path.exists():
+    raise ScoreError(f'{what} not found: {path}')
+  try:
+    with path.open('rb') as f:
+      return dict(ijson.kvitems(f, '', use_float=True))
+  except ijson.JSONError as error:
+    raise ScoreError(f'{path} is not a JSON object: {error}') from error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,9 +120,7 @@ def mevis_expressions(ground_truth: epath.Path) -> list[ScoredExpression]:
   of the video scored, the target the union of the expression's annotations."""
   meta_path, masks_path = ground_truth / 'meta_expressions.json', ground_truth / 'mask_dict.json'
   videos = _videos(_load_json(meta_path, 'MeViS expressions'), meta_path)
-  masks = _load_json(masks_path, 'MeViS masks (only train and valid_u have them)')
-  if not isinstance(masks, Mapping):
-    raise ScoreError(f'{masks_path} is not an object of annotation id → masks')
+  masks = _stream_json_object(masks_path, 'MeViS masks (only train and valid_u have them)')
 
   def target(anno_ids, frame_index):
     union = None
