@@ -37,6 +37,7 @@ def loaded_tensorflow_modules(*modules: str) -> list[str]:
     ('lbdt_jax.predict',),  # with visualize, inference, model_dir, paths and the models
     ('lbdt_jax.model_dir',),
     ('lbdt_jax.metrics',),
+    ('lbdt_jax.tools.score',),  # scoring any method's folders needs no TensorFlow
     ('data_pipeline', 'data_pipeline.glove', 'data_pipeline.tokenizer', 'data_pipeline.normalisation'),
     ('lbdt_jax.checkpointing',),
 ], ids=lambda modules: '+'.join(modules))
