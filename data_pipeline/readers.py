@@ -773,16 +773,23 @@ class MevisMasks(Masks):
     return {target for target, annotations in enumerate(self._targets)
             if any(self._annotation(anno_id, frame) is not None for anno_id in annotations)}
 
-  def mask(self, frame, object_id):
+  def union(self, frame: int, object_id: int) -> np.ndarray | None:
+    """The uint8 0/1 union of the target's annotations in the frame; None where all of them are absent."""
     union = None
     for anno_id in self._targets[object_id]:
       mask = self._annotation(anno_id, frame)
       if mask is not None:
         union = mask if union is None else union | mask
-    if union is None:  # every object of the target is absent: the frame's size from any annotation of the video
-      height, width = next(rle['size'] for rles in self._rles.values() for rle in rles if rle)
-      return np.zeros((height, width), np.uint8)
-    return union.astype(np.uint8)
+    return None if union is None else union.astype(np.uint8)
+
+  def mask(self, frame, object_id):
+    union = self.union(frame, object_id)
+    if union is not None:
+      return union
+    sizes = [rle['size'] for rles in self._rles.values() for rle in rles if rle]
+    if not sizes:
+      raise DataError(f'{self._source}: no annotation of the video has a mask to take the frame size from')
+    return np.zeros(sizes[0], np.uint8)
 
 
 class MevisReader(RVOSReader):
@@ -894,6 +901,15 @@ class MevisReader(RVOSReader):
       raise DataError(f'{self.path(split, "meta_expressions.json")} video {video_id}: frame names must be 5-digit '
                       f'numbers as in the release (submissions name the PNGs so), got {names[:3]}')
     return [int(name) for name in names]
+
+  def target_mask(self, expression, masks, frame, size):
+    """The union of the expression's objects (zeros at the frame's size where all are absent)."""
+    union = masks.union(frame, expression.object_id) if masks is not None else None
+    if union is None:
+      return np.zeros(size, np.uint8)
+    if union.shape != size:
+      raise DataError(f'the masks of frame {frame} are {union.shape}, the frame is {size}')
+    return union
 
   def target_frames(self, split, expression, video, masks):
     frames = self._frame_numbers(split, expression.video_id)

@@ -1,5 +1,6 @@
 """Every reader on fake releases in the official layouts: every field of every example, skips and errors."""
 
+import json
 import shutil
 
 import cv2
@@ -182,6 +183,9 @@ def test_mevis(tmp_path):
                 sentence='the cat walking left', split='train', mask=fakes.object_mask(1, 0))
   valid_u, _ = collect(reader, 'valid_u')
   assert len(valid_u) == fakes.MEVIS_FRAMES and valid_u['m_valid_u/4/0/0']['mask'].any()
+  (tmp_path / 'valid_u' / 'mask_dict.json').write_text(json.dumps({'201': [None] * fakes.MEVIS_FRAMES}))
+  absent, _ = collect(readers.MevisReader(tmp_path), 'valid_u')  # the object in no frame: empty targets
+  assert len(absent) == fakes.MEVIS_FRAMES and not any(e['mask'].any() for e in absent.values())
   valid, _ = collect(reader, 'valid')  # no masks: every frame, empty targets
   assert len(valid) == fakes.MEVIS_FRAMES
   assert all(not e['has_mask'] and not e['mask'].any() and e['anno_ids'] == '' for e in valid.values())
@@ -198,6 +202,9 @@ def test_mevis(tmp_path):
     (lambda root: (root / 'train/mask_dict.json').write_text(
         '{"101": [{"size": [32, 48], "counts": 7}, null, null, null, null, null], "102": [null, null, null, null, '
         'null, null], "103": [null]}'), r'annotation 101, frame 0 is not a COCO RLE.*example m_train/0/0/0'),
+    (lambda root: (root / 'train/mask_dict.json').write_text(json.dumps(
+        {'101': [fakes.coco_rle(np.ones((10, 10)))] * 6, '102': [None] * 6, '103': [None]})),
+     r'the masks of frame 0 are \(10, 10\), the frame is \(32, 48\).*example m_train/0/0/0'),
     (lambda root: (root / 'train/mask_dict.json').write_text('{"101": [null], "102": [null], "103": [null]}'),
      r'annotation 10[12] has 1 masks, video m_train has 6 frames'),
 ])
