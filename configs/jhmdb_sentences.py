@@ -8,7 +8,8 @@ from configs import default
 
 
 def get_config(options: str = 'lbdt4'):
-  config = default.get_config(options)
+  config = default.get_config('')
   config.data.train = ''
   config.data.evaluate = ('jhmdb_sentences:test',)
+  default.apply_options(config, options)  # last: what the options set stays set
   return config

@@ -13,7 +13,8 @@ from configs import default
 
 
 def get_config(options: str = 'lbdt4'):
-  config = default.get_config(options)
+  config = default.get_config('')
   config.data.train = 'mevis:train'
   config.data.evaluate = ('mevis:valid_u', 'mevis:valid')
+  default.apply_options(config, options)  # last: what the options set stays set
   return config

@@ -9,9 +9,10 @@ from configs import default
 
 
 def get_config(options: str = 'lbdt4'):
-  config = default.get_config(options)
+  config = default.get_config('')
   config.data.train = 'ref_davis17:train'
   config.data.evaluate = ('ref_davis17:validation',)
   config.train.num_epochs = 1
   config.optimizer.update(learning_rate=1e-5, decay_epochs=())
+  default.apply_options(config, options)  # last: what the options set stays set
   return config

@@ -8,7 +8,8 @@ from configs import default
 
 
 def get_config(options: str = 'lbdt4'):
-  config = default.get_config(options)
+  config = default.get_config('')
   config.data.train = 'ref_youtube_vos:train'
   config.data.evaluate = ('ref_youtube_vos:validation',)
+  default.apply_options(config, options)  # last: what the options set stays set
   return config

@@ -10,7 +10,7 @@ from configs import default, synthetic
 
 
 def get_config(options: str = 'lbdt1'):
-  config = synthetic.get_config(options)
+  config = synthetic.get_config('')
   config.input_height = config.input_width = 64
   config.data = default.data_config(
       train='synthetic_rvos:train', evaluate=('synthetic_rvos:test', 'synthetic_rvos:test_compositional'))
@@ -20,4 +20,5 @@ def get_config(options: str = 'lbdt1'):
   config.train.update(batch_size=8, num_epochs=3, log_every_steps=100, checkpoint_every_steps=2000)
   config.optimizer.update(learning_rate=1e-3, decay_epochs=(2, 2.5))
   config.eval.update(batch_size=16, pictures=0, attention_maps=False)
+  default.apply_options(config, options)  # last: what the options set stays set
   return config

@@ -8,7 +8,7 @@ from configs import default
 
 
 def get_config(options: str = 'lbdt1'):
-  config = default.get_config(options)
+  config = default.get_config('')
   config.model.update(resnet_depth=18, resnet_width=16, model_dim=64, num_heads=4, ffn_dim=64, decoder_dim=32)
   config.input_height = config.input_width = 96
   config.max_words = 8
@@ -20,4 +20,5 @@ def get_config(options: str = 'lbdt1'):
   config.train.update(batch_size=8, num_epochs=10, log_every_steps=50, checkpoint_every_steps=500)
   config.optimizer.update(learning_rate=1e-3, decay_epochs=(7, 9))
   config.eval.update(batch_size=16, pictures=8, attention_maps=True)
+  default.apply_options(config, options)  # last: what the options set stays set
   return config

@@ -4,7 +4,7 @@ from configs import default
 
 
 def get_config(options: str = 'lbdt1'):
-  config = default.get_config(options)
+  config = default.get_config('')
   config.model.update(resnet_depth=18, resnet_width=8, resnet_blocks=(1, 1, 1, 1), model_dim=32,
                       num_heads=4, ffn_dim=32, decoder_dim=16)
   config.model.word_dim = 16
@@ -16,4 +16,5 @@ def get_config(options: str = 'lbdt1'):
   config.train.update(batch_size=4, num_steps=6, log_every_steps=1, checkpoint_every_steps=2, keep_checkpoints=10)
   config.optimizer.update(learning_rate=1e-3, decay_epochs=(2,))
   config.eval.batch_size = 4
+  default.apply_options(config, options)  # last: what the options set stays set
   return config

@@ -47,6 +47,16 @@ def test_every_config_file_takes_the_accelerator_options(name):
     assert batch_sizes.resolve(config, 2).train.batch_size == 2 * config.train.per_device_batch_size
 
 
+
+@pytest.mark.parametrize('name', CONFIG_FILES)
+def test_options_survive_every_config_file(name):
+  """Options are applied after a config file's own settings: a file that rebuilds config.data keeps delta=N."""
+  module = importlib.import_module(f'configs.{name}')
+  config = module.get_config(f'{module.get_config.__defaults__[0]},delta=3,reference_eval,no_denoiser')
+  assert config.data.delta == 3 and config.data.mask_resize == 'bilinear_threshold'
+  assert config.eval.protocol == 'reference' and not config.model.language_denoiser
+
+
 def test_an_unknown_option_lists_the_choices():
   with pytest.raises(ValueError, match=r"Unknown config option 'cuda'.*reference_eval, gpu, tpu"):
     default.get_config('lbdt4,cuda')
